@@ -1,0 +1,104 @@
+"""The engine seam: what a model.py calls, whichever library does the denoising.
+
+Engines are chosen per model by the ``engine`` parameter: ``sglang`` (SGLang's ``DiffGenerator``),
+``diffusers`` (a plain ``DiffusionPipeline``, CPU or GPU), or ``auto`` — SGLang on a CUDA host where it
+imports, diffusers otherwise, because SGLang's native path computes in bf16 on CPU and is far slower there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from diffusion_runtime.params import ImageParams
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[int, int], None]
+"""Called after each denoising step with ``(steps_done, total_steps)``; may raise to stop the generation."""
+
+ENGINES = ("auto", "sglang", "diffusers")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings from a model's config parameters (see ``config.pbtxt``)."""
+
+    model_path: str
+    engine: str = "auto"
+    device: str = "cpu"
+    dtype: str = "auto"
+    num_gpus: int = 1
+    sglang_backend: str = "auto"
+    sglang_model_id: str = ""
+    sglang_attention_backend: str = ""
+    sglang_sleep_on_idle: bool = False
+    sglang_args: str = ""  # JSON object of further DiffGenerator.from_pretrained kwargs (tp_size, sp_degree, ...)
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str], device: str) -> EngineConfig:
+        def get(key: str, default: str) -> str:
+            value = parameters.get(key, "")
+            return value if value.strip() else default
+
+        engine = get("engine", "auto").lower()
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        return cls(
+            model_path=get("model_path", ""),
+            engine=engine,
+            device=device,
+            dtype=get("dtype", "auto"),
+            num_gpus=int(get("num_gpus", "1")),
+            sglang_backend=get("sglang_backend", "auto"),
+            sglang_model_id=get("sglang_model_id", ""),
+            sglang_attention_backend=get("sglang_attention_backend", ""),
+            sglang_sleep_on_idle=get("sglang_sleep_on_idle", "false").lower() in ("1", "true", "yes"),
+            sglang_args=get("sglang_args", ""),
+        )
+
+    def resolved_engine(self) -> str:
+        if self.engine != "auto":
+            return self.engine
+        if self.device.startswith("cuda") and importlib.util.find_spec("sglang") is not None:
+            return "sglang"
+        return "diffusers"
+
+    def torch_dtype(self):  # -> torch.dtype, kept lazy so this module imports without torch
+        import torch
+
+        name = self.dtype
+        if name == "auto":
+            name = "bfloat16" if self.device.startswith("cuda") else "float32"
+        try:
+            return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+        except KeyError:
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}") from None
+
+
+class ImageEngine(Protocol):
+    """Text to images. Returns ``params.n`` uint8 HWC arrays; image ``i`` is generated from ``params.seeds[i]``
+    so it is the same image a request for ``n=1`` with that seed gives."""
+
+    name: str
+
+    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def create_image_engine(config: EngineConfig) -> ImageEngine:
+    engine = config.resolved_engine()
+    log.info("image engine %s for %s on %s", engine, config.model_path, config.device)
+    if engine == "sglang":
+        from diffusion_runtime.engines.sglang_engine import SGLangImageEngine
+
+        return SGLangImageEngine(config)
+    from diffusion_runtime.engines.diffusers_engine import DiffusersImageEngine
+
+    return DiffusersImageEngine(config)

@@ -1,0 +1,388 @@
+"""Starting the stack: a tritonserver over a model repository rendered for this host, and the frontend.
+
+``scripts/serve.sh`` runs ``main``; the tests drive the same ``TritonServer`` and ``Frontend`` classes, so the
+way a user starts the product is the way it is tested.
+
+Rendering: the committed ``model_repository/`` is the GPU deployment a Triton user expects. ``render_repository``
+copies it into a run folder and rewrites each ``config.pbtxt`` (parsed with Triton's own protobuf schema) for
+this host: ``KIND_CPU`` where there is no GPU, one instance per selected GPU, and the chosen model, engine and
+served name as parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY = PROJECT_ROOT / "model_repository"
+MODEL_KINDS = {"image": "image_diffusion"}
+TINY_DEFAULTS = {"image": "tiny-flux"}
+SGLANG_MODEL_IDS = {"tiny-flux": "FLUX.1-dev"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def detect_gpus() -> list[int]:
+    """GPU indices visible to this host (``nvidia-smi``); empty on CPU machines."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
+
+
+# --- model repository rendering ------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """One model to serve: which repository folder, and the parameters that differ from its config.pbtxt."""
+
+    triton_name: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    instances_per_gpu: int = 1
+    source: Path | None = None  # a model folder outside model_repository/ (tests' helper models)
+
+
+def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Sequence[int]) -> Path:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for spec in specs:
+        source = spec.source or REPOSITORY / spec.triton_name
+        target = destination / spec.triton_name
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        config = text_format.Parse((source / "config.pbtxt").read_text(), mc.ModelConfig())
+        for key, value in spec.parameters.items():
+            config.parameters[key].string_value = value
+        del config.instance_group[:]
+        group = config.instance_group.add()
+        group.count = spec.instances_per_gpu
+        if gpus:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU
+            group.gpus.extend(gpus)
+        else:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return destination
+
+
+# --- processes -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    backend_directory: Path | None  # None: the server's own default (a regular Triton install)
+    library_path: list[str]
+
+
+def find_tritonserver() -> TritonInstall:
+    """The ``tritonserver`` on PATH if there is one, else the one embedded in the ``nvidia-pytriton`` wheel."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), None, [])
+    import pytriton
+
+    base = Path(pytriton.__file__).parent / "tritonserver"
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    # The stub links libpython: make it load this interpreter's own (pyenv builds ship a shared one), else
+    # stdlib C extensions inside models break against a different patch release (FACTS §1).
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    return TritonInstall(base / "bin" / "tritonserver", base / "backends", [p for p in (libdir, str(libs)) if p])
+
+
+def stack_environment(extra: Mapping[str, str] | None = None, library_path: Sequence[str] = ()) -> dict[str, str]:
+    """Environment for tritonserver and the frontend: this venv first on PATH (the stub embeds the Python
+    it finds there), the project importable, and quiet, offline-friendly library defaults."""
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    if library_path:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*library_path, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def _wait_until(url: str, process: subprocess.Popen, timeout: float, what: str, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {process.returncode} before it was ready\n{tail}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    raise TimeoutError(f"{what} was not ready at {url} within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen | None, grace: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class TritonServer:
+    """A tritonserver subprocess on loopback ports (free ones unless given)."""
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        address: str = "127.0.0.1",
+        log_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.address = address
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_file = log_file
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.address}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics_port}/metrics"
+
+    def start(self) -> TritonServer:
+        install = find_tritonserver()
+        command = [
+            str(install.binary),
+            f"--model-repository={self.repository}",
+            f"--http-address={self.address}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
+            f"--metrics-port={self.metrics_port}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=10",
+        ]
+        if install.backend_directory is not None:
+            command.append(f"--backend-directory={install.backend_directory}")
+        output = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            command,
+            env=stack_environment(self.extra_env, install.library_path),
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 900.0) -> TritonServer:
+        assert self.process is not None
+        _wait_until(f"{self.http_url}/v2/health/ready", self.process, timeout, "tritonserver", self.log_file)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class Frontend:
+    """The OpenAI-compatible frontend as a subprocess."""
+
+    def __init__(
+        self,
+        triton: TritonServer | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        fs_url: str | None = None,
+        http_url: str | None = None,
+        extra_args: Sequence[str] = (),
+        log_file: Path | None = None,
+    ) -> None:
+        self.triton = triton
+        self.host = host
+        self.port = port or free_port()
+        self.fs_url = fs_url
+        self.http_url = http_url
+        self.extra_args = list(extra_args)
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> Frontend:
+        command = [sys.executable, "-m", "openai_frontend.main", "--host", self.host, "--port", str(self.port)]
+        if isinstance(self.triton, TritonServer):
+            command += ["--triton-url", self.triton.grpc_url, "--triton-metrics-url", self.triton.metrics_url]
+        else:
+            command += ["--triton-url", self.triton]
+        if self.fs_url:
+            command += ["--fs-url", self.fs_url]
+        if self.http_url:
+            command += ["--http-url", self.http_url]
+        output = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            command + self.extra_args,
+            env=stack_environment(),
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> Frontend:
+        assert self.process is not None
+        _wait_until(f"{self.url}/health", self.process, timeout, "the frontend", self.log_file)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process, grace=10.0)
+
+
+# --- the serve command ---------------------------------------------------------------------------------------
+
+
+def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
+    """Which models to serve and with what parameters; a kind with no model named gets its tiny model."""
+    from diffusion_runtime.tiny_models import ensure_tiny_model
+
+    specs = []
+    for kind, triton_name in MODEL_KINDS.items():
+        if kind not in args.kinds:
+            continue
+        model = getattr(args, f"{kind}_model")
+        parameters = {"engine": getattr(args, f"{kind}_engine")}
+        if model is None or model in TINY_DEFAULTS.values():
+            name = model or TINY_DEFAULTS[kind]
+            parameters.update(model_path=str(ensure_tiny_model(name)), served_model_name=name)
+            if name in SGLANG_MODEL_IDS:
+                parameters["sglang_model_id"] = SGLANG_MODEL_IDS[name]
+        else:
+            parameters.update(model_path=model, served_model_name=getattr(args, f"{kind}_served_name") or model)
+        specs.append(ModelSpec(triton_name, parameters, instances_per_gpu=args.instances))
+    return specs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/serve.sh",
+        description="Start tritonserver and the OpenAI-compatible frontend. With no model named, tiny random "
+        "models are built locally and served, so the whole API works offline on a CPU.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="frontend bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="frontend port (default 8000)")
+    parser.add_argument("--fs-url", default=None, help="media storage: file:///path (default under ~/.local/share)")
+    parser.add_argument("--http-url", default=None, help="public base URL serving the stored media")
+    parser.add_argument("--kinds", default=",".join(MODEL_KINDS), help="kinds to serve, comma separated (image)")
+    for kind in MODEL_KINDS:
+        parser.add_argument(f"--{kind}-model", default=None, help=f"{kind} model: HF id or local folder")
+        parser.add_argument(f"--{kind}-engine", default="auto", choices=("auto", "sglang", "diffusers"))
+        parser.add_argument(f"--{kind}-served-name", default=None, help=f"OpenAI model id for the {kind} model")
+    parser.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all; none on CPU hosts)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances per GPU (or on the CPU)")
+    parser.add_argument("--triton-http-port", type=int, default=None)
+    parser.add_argument("--triton-grpc-port", type=int, default=None)
+    parser.add_argument("--triton-metrics-port", type=int, default=None)
+    parser.add_argument("--run-dir", default=None, help="where the rendered repository and logs go")
+    parser.add_argument("--request-timeout", type=float, default=600.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = set(args.kinds) - set(MODEL_KINDS)
+    if unknown:
+        raise SystemExit(f"unknown kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(MODEL_KINDS)}")
+    gpus = detect_gpus() if args.gpus is None else [int(g) for g in args.gpus.split(",") if g.strip()]
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="triton-diffusion-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    repository = render_repository(model_specs(args), run_dir / "model_repository", gpus)
+    print(f"[serve] repository {repository} ({'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'})", flush=True)
+
+    triton = TritonServer(
+        repository,
+        http_port=args.triton_http_port,
+        grpc_port=args.triton_grpc_port,
+        metrics_port=args.triton_metrics_port,
+    )
+    extra = ["--request-timeout", str(args.request_timeout)]
+    frontend = Frontend(
+        triton, host=args.host, port=args.port, fs_url=args.fs_url, http_url=args.http_url, extra_args=extra
+    )
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        triton.start()
+        print(f"[serve] tritonserver: HTTP {triton.http_url}, gRPC {triton.grpc_url}; loading models...", flush=True)
+        triton.wait_ready()
+        frontend.start().wait_ready()
+        print(f"[serve] OpenAI API ready at {frontend.url}/v1 (Ctrl-C stops everything)", flush=True)
+        while True:
+            for name, process in (("tritonserver", triton.process), ("frontend", frontend.process)):
+                if process is not None and process.poll() is not None:
+                    print(f"[serve] {name} exited with code {process.returncode}; stopping", flush=True)
+                    return 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("[serve] stopping", flush=True)
+        return 0
+    finally:
+        frontend.stop()
+        triton.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,636 @@
+"""Tiny, randomly initialised models of the real classes, built offline and cached on disk.
+
+Why: this machine has no model hub, yet tests and the default served models need folders that the real
+loaders accept (``DiffusionPipeline.from_pretrained``, SGLang's ``DiffGenerator``,
+``AutoModelForMaskedLM``). So every folder here is produced by instantiating the real classes with tiny
+configs, seeding torch before each component so two builds are byte-identical, and ``save_pretrained``.
+Tokenizers are trained locally with the ``tokenizers`` library on a small fixed corpus and wrapped in the
+transformers class each pipeline expects, because no pretrained vocabulary can be downloaded.
+
+Models:
+
+- ``tiny-flux``: ``FluxPipeline``. The shapes that SGLang's native FLUX path relies on are kept real: a
+  16-channel VAE latent with 4 VAE levels (scale factor 8, so sizes are multiples of 16), transformer
+  ``in_channels=64`` (2x2-packed latents), guidance embedding (FLUX.1-dev), and the FLUX.1-dev scheduler.
+- ``tiny-wan-t2v`` / ``tiny-wan-i2v``: ``WanPipeline`` / ``WanImageToVideoPipeline`` with the Wan2.1
+  layout (16-channel latents, 4x temporal / 8x spatial VAE, UniPC flow scheduler with ``flow_shift``). The
+  I2V transformer takes 36 input channels and CLIP-vision image tokens through added K/V projections, as
+  Wan2.1-I2V does; its text length must stay 512 because the transformer splits image from text tokens by
+  that length.
+- ``tiny-llada``: ``ModernBertForMaskedLM``. LLaDA is a bidirectional (non-causal) Llama-style transformer
+  with rotary positions and a gated MLP trained to predict masked tokens. ModernBERT is the masked LM in
+  transformers closest to that: rotary positions, gated (GeGLU) MLP, pre-norm, no biases, and it loads
+  through ``AutoModelForMaskedLM`` with no remote code. All its layers are set to global attention
+  (ModernBERT's sliding-window layers have no LLaDA counterpart). BERT would also work but uses learned
+  absolute positions, which LLaDA does not have. The tokenizer has LLaDA's special tokens (``<|mdm_mask|>``,
+  ``<|eot_id|>`` as eos, ...) and a LLaDA-style (Llama-3) chat template.
+
+Every build happens in a temporary folder next to the target, under an ``fcntl`` lock, and is renamed
+into place only when complete; a stamp file records the builder and library versions so an upgrade
+rebuilds stale folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import string
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Bump when any builder changes what it writes.
+BUILDER_VERSION = "1"
+
+TINY_MODELS: tuple[str, ...] = ("tiny-flux", "tiny-wan-t2v", "tiny-wan-i2v", "tiny-llada")
+
+STAMP_FILE = ".tiny-model-stamp.json"
+SEED = 0
+
+# The libraries whose versions can change the bytes written; part of the stamp.
+_STAMPED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "safetensors")
+
+# A fixed corpus: prompt-like English so that typical test prompts tokenize into real pieces.
+_CORPUS: tuple[str, ...] = (
+    "a photo of a cat sitting on a red sofa in the living room",
+    "a small dog running on the beach at sunset, cinematic lighting",
+    "an astronaut riding a horse on the moon, highly detailed, 4k",
+    "a watercolor painting of a mountain lake with pine trees",
+    "a futuristic city at night with neon lights and flying cars",
+    "a bowl of fresh fruit on a wooden table, soft morning light",
+    "portrait of an old man with a white beard, black and white photo",
+    "a red car driving through a forest road in autumn",
+    "a cup of coffee next to a laptop on a desk",
+    "the ocean waves crashing against the rocks during a storm",
+    "a panda eating bamboo in the snow, slow motion video",
+    "a timelapse of clouds moving over green hills",
+    "a robot playing chess with a child in a park",
+    "a bird flying over a field of yellow flowers",
+    "an oil painting of a ship sailing across the sea",
+    "a close up of a blue eye with long eyelashes",
+    "the camera slowly zooms in on a glowing crystal",
+    "a train crossing a bridge over a river in the mountains",
+    "a girl reading a book under a tree, studio ghibli style",
+    "a bright kitchen with white walls and plants by the window",
+    "User: What is the capital of France? Assistant: The capital of France is Paris.",
+    "User: Write a short poem about the sea. Assistant: The sea is blue and wide and deep.",
+    "Hello! How can I help you today? Please answer the question step by step.",
+    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9",
+    "Diffusion models generate images, videos and text by removing noise step by step.",
+    "A masked language model predicts the missing words in a sentence.",
+    "Tell me a story about a dragon who learns to fly again.",
+    "Translate to French: good morning, thank you, see you tomorrow.",
+    "What is two plus three? Two plus three is five.",
+    "Summarize: the meeting was moved to Monday because of the holiday.",
+)
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def default_cache_dir() -> Path:
+    """``$TD_HOME/tiny-models`` if ``TD_HOME`` is set, else ``~/.cache/triton-diffusion/tiny-models``."""
+    home = os.environ.get("TD_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "triton-diffusion"
+    return base / "tiny-models"
+
+
+def ensure_tiny_models(
+    root: Path | str | None = None, names: Iterable[str] = TINY_MODELS, *, force: bool = False
+) -> dict[str, Path]:
+    """Build whichever of ``names`` is missing or stale under ``root``; return name -> folder."""
+    return {name: ensure_tiny_model(name, root, force=force) for name in names}
+
+
+def ensure_tiny_model(name: str, root: Path | str | None = None, *, force: bool = False) -> Path:
+    """Return the folder of tiny model ``name``, building it first if missing or stale.
+
+    Safe against concurrent callers (in threads or processes): the check-and-build runs under an exclusive
+    ``fcntl`` lock per model, and a folder only appears, complete, by rename.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
+    root = Path(root) if root is not None else default_cache_dir()
+    target = root / name
+    if not force and _is_current(target, name):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{name}.lock"):
+        if force or not _is_current(target, name):
+            _build_atomically(name, target)
+    return target
+
+
+# ------------------------------------------------------------------------------------- cache machinery
+
+
+def _stamp(name: str) -> dict[str, Any]:
+    versions = {}
+    for pkg in _STAMPED_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"name": name, "builder_version": BUILDER_VERSION, "seed": SEED, "versions": versions}
+
+
+def _is_current(folder: Path, name: str) -> bool:
+    try:
+        return json.loads((folder / STAMP_FILE).read_text()) == _stamp(name)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_atomically(name: str, target: Path) -> None:
+    """Build into a sibling temp dir (same filesystem, so rename is atomic), then swap it in."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=target.parent))
+    try:
+        with _offline_hub(), _quiet_progress_bars():
+            _BUILDERS[name](tmp)
+        (tmp / STAMP_FILE).write_text(json.dumps(_stamp(name), indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the folder may be read by other users (Triton, tests).
+        if target.exists():
+            # A non-empty directory cannot be replaced by rename: move the stale one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=target.parent))
+            target.rename(old / name)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _offline_hub() -> Iterator[None]:
+    """Forbid hub access while building, and keep any hub cache writes in a throwaway dir.
+
+    huggingface_hub reads these variables at import time, so the already-imported constant is patched
+    too; both are restored afterwards so the caller's process is left as it was.
+    """
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HOME")}
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    saved_const = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    with tempfile.TemporaryDirectory(prefix="tiny-models-hf-home-") as hf_home:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_HOME"] = hf_home
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if hub_constants is not None:
+                hub_constants.HF_HUB_OFFLINE = saved_const
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """``save_pretrained`` draws a progress bar per shard; a build should print only its result."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _seeded(offset: int) -> None:
+    """Seed torch before each component so its weights do not depend on what was built before it."""
+    import torch
+
+    torch.manual_seed(SEED + offset)
+
+
+# ------------------------------------------------------------------------------------ tokenizer helpers
+
+
+def _corpus() -> list[str]:
+    # The character lines make every printable ASCII character a known piece, so no prompt maps to <unk>.
+    return [*_CORPUS, string.ascii_letters, string.digits + string.punctuation]
+
+
+def _train_clip_tokenizer(num_merges: int = 300) -> Any:
+    """A ``CLIPTokenizer`` whose BPE vocab and merges are trained here.
+
+    CLIPTokenizer rebuilds its pipeline from ``vocab``/``merges`` (lowercasing, a regex split, byte-level,
+    atomic ``x</w>`` symbols for word ends), so words are cut with exactly that pipeline. The trainer's own
+    ``end_of_word_suffix`` is not used: it numbers the ``x</w>`` symbols in hash-map order, which reorders
+    equal-count merges from run to run. Instead a word's last character is swapped for a private-use
+    stand-in of its ``x</w>`` symbol, so the whole alphabet is known (and sorted) up front, and the
+    stand-ins are mapped back to ``x</w>`` afterwards.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import CLIPTokenizer
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    word_end = {c: chr(0xE000 + i) for i, c in enumerate(alphabet)}  # Unicode private-use area
+    restore = {stand_in: c + "</w>" for c, stand_in in word_end.items()}
+
+    def unmark(piece: str) -> str:
+        return piece[:-1] + restore[piece[-1]] if piece[-1] in restore else piece
+
+    template = CLIPTokenizer().backend_tokenizer
+    words = [
+        word[:-1] + word_end[word[-1]]
+        for line in _corpus()
+        for word, _ in template.pre_tokenizer.pre_tokenize_str(template.normalizer.normalize_str(line))
+    ]
+    tok = Tokenizer(BPE())  # no pre-tokenizer: every item is already one word
+    trainer = trainers.BpeTrainer(
+        vocab_size=2 * len(alphabet) + num_merges,
+        initial_alphabet=[*alphabet, *word_end.values()],
+        show_progress=False,
+    )
+    tok.train_from_iterator(words, trainer=trainer)
+    merges = [(unmark(left), unmark(right)) for left, right in _bpe_merges(tok)]
+    # CLIP's vocab layout: bytes, bytes + </w>, merge results in merge order, then the special tokens.
+    pieces = [*alphabet, *restore.values(), *(left + right for left, right in merges), bos, eos]
+    vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _bpe_merges(tok: Any) -> list[tuple[str, str]]:
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+
+
+def _train_t5_tokenizer(vocab_size: int = 400, model_max_length: int = 512) -> Any:
+    """A ``T5Tokenizer`` (= ``T5TokenizerFast``) with a Unigram vocab trained here.
+
+    T5Tokenizer rebuilds its pipeline from ``(piece, score)`` pairs and expects ``<pad>``, ``</s>``,
+    ``<unk>`` at ids 0, 1, 2; training uses its own Metaspace pre-tokenization. The trainer's scores vary
+    in the last bits and equal scores come out in hash-map order, so scores are rounded and pieces sorted
+    to make the vocab (hence the embedding rows) reproducible. No sentinel (``<extra_id_*>``) tokens: the
+    encoders only encode prompts.
+    """
+    from tokenizers import Tokenizer, trainers
+    from tokenizers.models import Unigram
+    from transformers import T5Tokenizer
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    template = T5Tokenizer(extra_ids=0).backend_tokenizer
+    tok = Tokenizer(Unigram())
+    tok.pre_tokenizer = template.pre_tokenizer
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        unk_token="<unk>",
+        initial_alphabet=list(string.printable.strip()),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    trained = json.loads(tok.to_str())["model"]["vocab"]
+    pieces = sorted(
+        ((piece, round(float(score), 6)) for piece, score in trained if piece not in specials),
+        key=lambda ps: (-ps[1], ps[0]),
+    )
+    vocab = [(piece, 0.0) for piece in specials] + pieces
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+_LLADA_SPECIALS = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|eot_id|>",
+    "pad_token": "<|endoftext|>",
+    "mask_token": "<|mdm_mask|>",
+    "unk_token": "<|unk|>",
+}
+_LLADA_ROLE_TOKENS = ("<|start_header_id|>", "<|end_header_id|>")
+
+# LLaDA-8B-Instruct's template (Llama-3 layout), with a default system prompt left out.
+_LLADA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim }}"
+    "{{ '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def _train_llada_tokenizer(vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer with LLaDA's special tokens and chat template.
+
+    Byte-level so any text round-trips (no unknown tokens in generated answers); the roles and masks are
+    special tokens so the template and the mask never get split.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [*_LLADA_SPECIALS.values(), *_LLADA_ROLE_TOKENS]
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        **_LLADA_SPECIALS,
+        additional_special_tokens=list(_LLADA_ROLE_TOKENS),
+        chat_template=_LLADA_CHAT_TEMPLATE,
+        model_max_length=4096,
+        padding_side="left",
+    )
+
+
+# ------------------------------------------------------------------------------------ shared components
+
+
+def _t5_config_kwargs(vocab_size: int) -> dict[str, Any]:
+    """Shared tiny T5/UMT5 encoder shape: gated-GELU like T5 v1.1 (FLUX) and UMT5 (Wan)."""
+    return {
+        "vocab_size": vocab_size,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_decoder_layers": 0,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 32,
+        "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "tie_word_embeddings": False,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+    }
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    _seeded(10)
+    return AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+
+
+def _wan_text_encoder_and_tokenizer() -> tuple[Any, Any]:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = _train_t5_tokenizer(model_max_length=512)
+    _seeded(11)
+    text_encoder = UMT5EncoderModel(UMT5Config(**_t5_config_kwargs(len(tokenizer))))
+    return text_encoder, tokenizer
+
+
+def _wan_scheduler() -> Any:
+    """Wan2.1's shipped scheduler: UniPC in flow-matching mode."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    )
+
+
+def _wan_transformer(*, image_to_video: bool) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    heads, head_dim = 2, 16
+    i2v: dict[str, Any] = {}
+    if image_to_video:
+        # Noisy latents (16) + first-frame mask (4) + encoded condition video (16), as in Wan2.1-I2V.
+        i2v = {"in_channels": 36, "image_dim": _WAN_IMAGE_DIM, "added_kv_proj_dim": heads * head_dim}
+    _seeded(12)
+    return WanTransformer3DModel(
+        **{
+            "patch_size": (1, 2, 2),
+            "num_attention_heads": heads,
+            "attention_head_dim": head_dim,
+            "in_channels": 16,
+            "out_channels": 16,
+            "text_dim": 32,
+            "freq_dim": 32,
+            "ffn_dim": 64,
+            "num_layers": 2,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "rope_max_seq_len": 32,
+            **i2v,
+        }
+    )
+
+
+_WAN_IMAGE_DIM = 16
+
+
+# ------------------------------------------------------------------------------------------- builders
+
+
+def build_tiny_flux(out: Path) -> None:
+    """FluxPipeline (FLUX.1-dev layout) with two trained tokenizers and tiny random components."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = _train_clip_tokenizer()
+    tokenizer_2 = _train_t5_tokenizer(model_max_length=512)
+
+    _seeded(1)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    _seeded(2)
+    text_encoder_2 = T5EncoderModel(T5Config(**_t5_config_kwargs(len(tokenizer_2))))
+    _seeded(3)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # = T5 d_model
+        pooled_projection_dim=32,  # = CLIP hidden size
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+    )
+    _seeded(4)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(out)
+
+
+def build_tiny_wan_t2v(out: Path) -> None:
+    """WanPipeline (Wan2.1 T2V layout)."""
+    from diffusers import WanPipeline
+
+    text_encoder, tokenizer = _wan_text_encoder_and_tokenizer()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(),
+        scheduler=_wan_scheduler(),
+        transformer=_wan_transformer(image_to_video=False),
+    )
+    pipe.save_pretrained(out)
+
+
+def build_tiny_wan_i2v(out: Path) -> None:
+    """WanImageToVideoPipeline (Wan2.1 I2V layout: CLIP vision tokens feed the transformer)."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    text_encoder, tokenizer = _wan_text_encoder_and_tokenizer()
+    _seeded(20)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=_WAN_IMAGE_DIM,
+            intermediate_size=32,
+            projection_dim=_WAN_IMAGE_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            hidden_act="gelu",
+        )
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(),
+        scheduler=_wan_scheduler(),
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=_wan_transformer(image_to_video=True),
+    )
+    pipe.save_pretrained(out)
+
+
+def build_tiny_llada(out: Path) -> None:
+    """A masked diffusion LM stand-in: ModernBertForMaskedLM (see module docstring for why)."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    tokenizer = _train_llada_tokenizer()
+    layers = 2
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=4096,
+        layer_types=["full_attention"] * layers,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        cls_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    _seeded(30)
+    model = ModernBertForMaskedLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-flux": build_tiny_flux,
+    "tiny-wan-t2v": build_tiny_wan_t2v,
+    "tiny-wan-i2v": build_tiny_wan_i2v,
+    "tiny-llada": build_tiny_llada,
+}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(TINY_MODELS)} (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help=f"root folder (default: {default_cache_dir()})")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(TINY_MODELS))
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}")
+    for name, path in ensure_tiny_models(args.out, args.names or TINY_MODELS, force=args.force).items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Helpers the Python-backend models share: configuration, device pinning, reading input tensors.
+
+``triton_python_backend_utils`` exists only inside Triton's stub, so it is passed in by each ``model.py``
+rather than imported here; everything else in this package stays importable (and testable) without Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
+
+
+def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
+    """The model's ``config.pbtxt`` parameters, each overridable by ``<MODEL_NAME>_<KEY>`` in the environment
+    (e.g. ``IMAGE_DIFFUSION_MODEL_PATH``), which is how launch scripts point a stock repository elsewhere."""
+    config = json.loads(args["model_config"])
+    prefix = config["name"].upper().replace("-", "_") + "_"
+    params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+    for key in list(params):
+        override = os.environ.get(prefix + key.upper())
+        if override is not None:
+            params[key] = override
+    return params
+
+
+def pin_instance_device(args: Mapping[str, str]) -> str:
+    """Make this stub see only its own GPU, before anything initialises CUDA (Triton does not do it, and
+    SGLang ignores ``base_gpu_id``). Returns the torch device string the engine should use."""
+    if args.get("model_instance_kind") != "GPU":
+        return "cpu"
+    device_id = args.get("model_instance_device_id", "0")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        device_id = ids[int(device_id)] if int(device_id) < len(ids) else device_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(device_id)
+    return "cuda:0"
+
+
+def _scalar(pb_utils: Any, request: Any, name: str) -> Any:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    array = tensor.as_numpy()
+    if array.size == 0:
+        return None
+    if array.size != 1:
+        raise InvalidRequest(f"input {name} must hold a single value (send one prompt per request)", name)
+    value = array.reshape(-1)[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"input {name} is not valid UTF-8", name) from exc
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_scalars(pb_utils: Any, request: Any, names: Mapping[str, str]) -> dict[str, Any]:
+    """Read optional single-value inputs: ``{tensor name: keyword}`` → ``{keyword: value or None}``."""
+    return {keyword: _scalar(pb_utils, request, tensor) for tensor, keyword in names.items()}
+
+
+def read_bytes(pb_utils: Any, request: Any, name: str) -> bytes | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None or tensor.as_numpy().size == 0:
+        return None
+    value = tensor.as_numpy().reshape(-1)[0]
+    return bytes(value) if not isinstance(value, bytes) else value
+
+
+def cancellation_check(request: Any) -> Callable[[int, int], None]:
+    """A step hook for engines: raises ``GenerationCancelled`` once Triton marks the request cancelled."""
+
+    def on_step(step: int, total: int) -> None:
+        if request.is_cancelled():
+            raise GenerationCancelled(f"cancelled by the client at step {step}/{total}")
+
+    return on_step
+
+
+def error_for(pb_utils: Any, exc: BaseException) -> Any:
+    """One mapping from our exceptions to Triton error codes (INVALID_ARG → HTTP 400 / gRPC INVALID_ARGUMENT)."""
+    if isinstance(exc, InvalidRequest):
+        return pb_utils.TritonError(exc.message, pb_utils.TritonError.INVALID_ARG)
+    if isinstance(exc, GenerationCancelled):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
+    return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+
+
+class ModelMetrics:
+    """Triton custom metrics for one model (shown on Triton's ``/metrics``, which the frontend re-exports):
+    request outcomes, and seconds spent denoising and encoding, from which steps/s and shares follow."""
+
+    def __init__(self, pb_utils: Any, model: str) -> None:
+        family = pb_utils.MetricFamily
+        self._requests = family(
+            name="diffusion_requests_total", description="Generation requests by outcome", kind=family.COUNTER
+        )
+        self._seconds = family(
+            name="diffusion_seconds_total",
+            description="Seconds spent per phase (denoise: engine call; encode: file encoding)",
+            kind=family.COUNTER,
+        )
+        self._steps = family(name="diffusion_steps_total", description="Denoising steps completed", kind=family.COUNTER)
+        self._model = model
+        self._metrics: dict[tuple[str, str], Any] = {}
+
+    def _get(self, family: Any, label: str, value: str) -> Any:
+        key = (id(family), value)
+        if key not in self._metrics:
+            self._metrics[key] = family.Metric(labels={"model": self._model, label: value})
+        return self._metrics[key]
+
+    def request(self, outcome: str) -> None:
+        self._get(self._requests, "outcome", outcome).increment(1)
+
+    def seconds(self, phase: str, seconds: float) -> None:
+        self._get(self._seconds, "phase", phase).increment(seconds)
+
+    def steps(self, count: int) -> None:
+        self._get(self._steps, "kind", "denoise").increment(count)

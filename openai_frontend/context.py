@@ -1,0 +1,59 @@
+"""What every router needs, created once by the app's lifespan and handed out as a FastAPI dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from openai_frontend.storage import MediaStorage
+from openai_frontend.triton import TritonBackend
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    triton_url: str = "127.0.0.1:8001"
+    triton_metrics_url: str | None = None
+    fs_url: str = "file:///tmp/triton-diffusion/media"
+    http_url: str | None = None
+    request_timeout: float = 600.0
+
+
+class FrontendMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "openai_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "openai_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.images = Counter("openai_images_generated", "Images returned", ["model"], registry=self.registry)
+
+
+@dataclass
+class FrontendContext:
+    settings: FrontendSettings
+    backend: TritonBackend
+    storage: MediaStorage
+    metrics: FrontendMetrics = field(default_factory=FrontendMetrics)
+
+    def media_url(self, key: str, request: Request) -> str:
+        """Absolute URL of a stored object: ``--http-url`` when given, else the store's own (e.g. presigned)
+        URL, else this frontend's ``/media`` route."""
+        if self.settings.http_url:
+            return f"{self.settings.http_url.rstrip('/')}/{key}"
+        return self.storage.public_url(key) or str(request.url_for("get_media", key=key))
+
+
+def context(request: Request) -> FrontendContext:
+    return request.state.ctx
+
+
+Ctx = Annotated[FrontendContext, Depends(context)]

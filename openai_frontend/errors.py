@@ -1,0 +1,132 @@
+"""The one place where failures become HTTP responses in OpenAI's error shape.
+
+Routers raise ``OpenAIError`` (or let ``InvalidRequest`` and Triton errors propagate); the handlers installed
+by ``install_error_handlers`` turn every one of them — FastAPI's own validation errors and unknown routes
+included — into ``{"error": {"message", "type", "param", "code"}}`` with a real status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from diffusion_runtime.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "cancelled",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = dict(self.headers)
+        if self.status >= 500 and self.status != 503:
+            headers.setdefault("x-should-retry", "false")  # a failed generation is not worth re-running blindly
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def invalid(message: str, param: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+def from_triton_error(exc: Exception) -> OpenAIError:
+    """Map a ``tritonclient`` exception (gRPC status + message) to the status a client should see."""
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    message = getattr(exc, "message", lambda: str(exc))() or str(exc)
+    if "INVALID_ARG" in status:
+        return OpenAIError(400, message, code="invalid_value")
+    if "NOT_FOUND" in status:
+        return OpenAIError(404, message, code="model_not_found")
+    if "queue" in message.lower() and ("UNAVAILABLE" in status or "RESOURCE_EXHAUSTED" in status):
+        return OpenAIError(
+            429, "the model's queue is full; retry shortly", code="queue_full", headers={"retry-after": "1"}
+        )
+    if "CANCELLED" in status:
+        return OpenAIError(499, "the request was cancelled", code="cancelled")
+    if "DEADLINE_EXCEEDED" in status:
+        return OpenAIError(504, "the generation did not finish in time", code="timeout")
+    if "UNAVAILABLE" in status:
+        return OpenAIError(503, f"the inference server is unavailable: {message}", code="triton_unavailable")
+    return OpenAIError(500, f"generation failed: {message}", code="generation_failed")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if first.get("type") == "missing":
+        return f"{param} is required", param
+    return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return invalid(exc.message, exc.param).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return invalid(message, param).response()
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return invalid("the request body is not valid JSON").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return OpenAIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return OpenAIError(500, f"internal error: {type(exc).__name__}").response()

@@ -1,0 +1,81 @@
+"""Wire shapes of the OpenAI-compatible API.
+
+Requests accept unknown fields (the OpenAI SDK's ``extra_body`` lands at the top level, and newer SDKs send
+fields we ignore); range and model-specific rules are checked by ``diffusion_runtime.params``, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from openai_frontend.errors import invalid
+
+
+class NvExt(BaseModel):
+    """Generation knobs outside OpenAI's API, as the seed's clients send them (also accepted top level)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    negative_prompt: StrictStr | None = None
+
+
+class ImageGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: StrictStr
+    model: StrictStr | None = None
+    n: int | None = Field(default=None, description="Images to generate (1-10)")
+    size: StrictStr | None = Field(default=None, description="WIDTHxHEIGHT, e.g. 1024x1024, or auto")
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: StrictStr | None = None
+    output_compression: int | None = None
+    quality: StrictStr | None = None
+    style: StrictStr | None = None
+    background: StrictStr | None = None
+    moderation: StrictStr | None = None
+    user: StrictStr | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    negative_prompt: StrictStr | None = None
+    nvext: NvExt | None = None
+
+    def knob(self, name: str) -> object:
+        """An extra knob from the top level or ``nvext``; giving both with different values is an error."""
+        top = getattr(self, name)
+        nested = getattr(self.nvext, name) if self.nvext is not None else None
+        if top is not None and nested is not None and top != nested:
+            raise invalid(f"{name} is given both at the top level and in nvext with different values", name)
+        return top if top is not None else nested
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+    seed: int | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: str | None = None
+    size: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "triton-diffusion"
+    task: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,106 @@
+"""Fixtures that start the real stack: tritonserver and the frontend as subprocesses on free loopback ports.
+
+Stacks are module-scoped: each test module that needs one gets its own, started through the same classes
+``scripts/serve.sh`` uses, and stopped when the module is done (so two engines never compete for the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from diffusion_runtime.serve import Frontend, ModelSpec, TritonServer, render_repository
+from diffusion_runtime.tiny_models import ensure_tiny_models
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class Stack:
+    triton: TritonServer
+    frontend: Frontend
+    media_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.frontend.url
+
+    def client(self) -> openai.OpenAI:
+        # max_retries=0: an SDK retry must never hide a server error from a test.
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    return ensure_tiny_models()
+
+
+def tiny_image_spec(tiny_models: dict[str, Path], engine: str, **parameters: str) -> ModelSpec:
+    params = {
+        "model_path": str(tiny_models["tiny-flux"]),
+        "served_model_name": "tiny-flux",
+        "engine": engine,
+        "sglang_model_id": "FLUX.1-dev",
+        "sglang_sleep_on_idle": "true",
+        "default_width": "64",
+        "default_height": "64",
+    }
+    params.update(parameters)
+    return ModelSpec("image_diffusion", params)
+
+
+def start_stack(specs: list[ModelSpec], workdir: Path, *, frontend_args: tuple[str, ...] = ()) -> Iterator[Stack]:
+    repository = render_repository(specs, workdir / "model_repository", gpus=[])
+    media = workdir / "media"
+    triton = TritonServer(
+        repository, log_file=workdir / "tritonserver.log", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
+    )
+    frontend = Frontend(triton, fs_url=f"file://{media}", log_file=workdir / "frontend.log", extra_args=frontend_args)
+    try:
+        triton.start().wait_ready(timeout=900)
+        frontend.start().wait_ready()
+        yield Stack(triton, frontend, media)
+    finally:
+        frontend.stop()
+        triton.stop()
+
+
+@pytest.fixture(scope="module")
+def diffusers_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The image model on the portable (diffusers) engine."""
+    yield from start_stack([tiny_image_spec(tiny_models, "diffusers")], tmp_path_factory.mktemp("stack"))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{message} did not happen within {timeout} s")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample, 0.0 when absent."""
+    import re
+
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.index("}") + 1]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -1,0 +1,209 @@
+"""Text-to-image through the OpenAI SDK and curl-shaped requests, against real tritonserver + frontend."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import Stack, metric_value, wait_for
+
+MODEL = "tiny-flux"
+
+
+def decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def generate(stack: Stack, **kwargs):
+    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("prompt", "a red fox in the snow")
+    kwargs.setdefault("size", "64x64")
+    kwargs.setdefault("response_format", "b64_json")
+    return stack.client().images.generate(**kwargs)
+
+
+def test_models_lists_the_image_model(diffusers_stack: Stack) -> None:
+    models = diffusers_stack.client().models.list()
+    assert MODEL in [m.id for m in models.data]
+
+
+@pytest.mark.parametrize("size", ["64x64", "96x64"])
+def test_b64_png_has_requested_size(diffusers_stack: Stack, size: str) -> None:
+    result = generate(diffusers_stack, size=size, extra_body={"num_inference_steps": 2, "seed": 3})
+    assert len(result.data) == 1
+    image = decode(result.data[0].b64_json)
+    assert image.format == "PNG"
+    assert f"{image.width}x{image.height}" == size
+
+
+def test_fixed_seed_repeats_bytes_and_n_gives_distinct_images(diffusers_stack: Stack) -> None:
+    first = generate(diffusers_stack, extra_body={"seed": 1234, "num_inference_steps": 2})
+    again = generate(diffusers_stack, extra_body={"seed": 1234, "num_inference_steps": 2})
+    assert base64.b64decode(first.data[0].b64_json) == base64.b64decode(again.data[0].b64_json)
+
+    pair = generate(diffusers_stack, n=2, extra_body={"seed": 1234, "num_inference_steps": 2})
+    a, b = (base64.b64decode(d.b64_json) for d in pair.data)
+    assert a != b
+    # Image i of a request is the image seed+i alone gives: n is a batch of single generations.
+    assert a == base64.b64decode(first.data[0].b64_json)
+    assert [d.model_extra["seed"] for d in pair.data] == [1234, 1235]
+    second_alone = generate(diffusers_stack, extra_body={"seed": 1235, "num_inference_steps": 2})
+    assert b == base64.b64decode(second_alone.data[0].b64_json)
+
+
+def test_random_seed_is_reported_and_reproduces(diffusers_stack: Stack) -> None:
+    result = generate(diffusers_stack, extra_body={"num_inference_steps": 2})
+    seed = result.data[0].model_extra["seed"]
+    assert isinstance(seed, int)
+    again = generate(diffusers_stack, extra_body={"num_inference_steps": 2, "seed": seed})
+    assert again.data[0].b64_json == result.data[0].b64_json
+
+
+def test_url_serves_the_stored_file(diffusers_stack: Stack) -> None:
+    by_url = generate(diffusers_stack, response_format="url", extra_body={"seed": 7, "num_inference_steps": 2})
+    url = by_url.data[0].url
+    assert url.startswith("http://")
+    fetched = httpx.get(url, timeout=30)
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"] == "image/png"
+    by_b64 = generate(diffusers_stack, extra_body={"seed": 7, "num_inference_steps": 2})
+    assert fetched.content == base64.b64decode(by_b64.data[0].b64_json)
+    assert list(diffusers_stack.media_dir.rglob("*.png")), "the file is in the media store"
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
+def test_output_formats_and_compression(diffusers_stack: Stack, fmt: str, magic: bytes) -> None:
+    sizes = []
+    for compression in (95, 10):
+        result = generate(
+            diffusers_stack,
+            size="128x128",
+            output_format=fmt,
+            output_compression=compression,
+            extra_body={"seed": 5, "num_inference_steps": 2},
+        )
+        data = base64.b64decode(result.data[0].b64_json)
+        assert data.startswith(magic)
+        assert decode(result.data[0].b64_json).size == (128, 128)
+        sizes.append(len(data))
+    assert sizes[1] < sizes[0], "a higher output_compression gives a smaller file"
+
+
+def test_seed_document_curl_body(diffusers_stack: Stack) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "A sunset over the ocean",
+        "size": "1024x1024",
+        "response_format": "url",
+        "nvext": {"num_inference_steps": 15},
+    }
+    response = httpx.post(f"{diffusers_stack.url}/v1/images/generations", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    url = response.json()["data"][0]["url"]
+    image = Image.open(io.BytesIO(httpx.get(url, timeout=30).content))
+    assert image.size == (1024, 1024)
+
+
+BAD_REQUESTS = [
+    ("malformed json", b'{"prompt": "x", ', 400, None),
+    ("missing prompt", {"model": MODEL}, 400, "prompt"),
+    ("empty prompt", {"model": MODEL, "prompt": "  "}, 400, "prompt"),
+    ("prompt not a string", {"model": MODEL, "prompt": 42}, 400, "prompt"),
+    ("unknown model", {"model": "no-such-model", "prompt": "x"}, 404, "model"),
+    ("size not WxH", {"model": MODEL, "prompt": "x", "size": "big"}, 400, "size"),
+    ("size not a multiple", {"model": MODEL, "prompt": "x", "size": "65x64"}, 400, "width"),
+    ("size zero", {"model": MODEL, "prompt": "x", "size": "0x0"}, 400, "width"),
+    ("size too large", {"model": MODEL, "prompt": "x", "size": "64x99984"}, 400, "height"),
+    ("n zero", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n"),
+    ("n too many", {"model": MODEL, "prompt": "x", "n": 11}, 400, "n"),
+    ("steps zero", {"model": MODEL, "prompt": "x", "nvext": {"num_inference_steps": 0}}, 400, "num_inference_steps"),
+    ("negative guidance", {"model": MODEL, "prompt": "x", "guidance_scale": -1}, 400, "guidance_scale"),
+    ("bad output format", {"model": MODEL, "prompt": "x", "output_format": "gif"}, 400, "output_format"),
+    ("compression > 100", {"model": MODEL, "prompt": "x", "output_compression": 101}, 400, "output_compression"),
+    ("bad response_format", {"model": MODEL, "prompt": "x", "response_format": "file"}, 400, "response_format"),
+    ("negative seed", {"model": MODEL, "prompt": "x", "seed": -5}, 400, "seed"),
+    ("conflicting knobs", {"model": MODEL, "prompt": "x", "seed": 1, "nvext": {"seed": 2}}, 400, "seed"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "param"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_gets_openai_error_and_server_keeps_serving(
+    diffusers_stack: Stack, case: str, body: object, status: int, param: str | None
+) -> None:
+    with diffusers_stack.http() as http:
+        if isinstance(body, bytes):
+            response = http.post("/v1/images/generations", content=body, headers={"content-type": "application/json"})
+        else:
+            response = http.post("/v1/images/generations", json=body)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["message"] and error["type"]
+        assert set(error) == {"message", "type", "param", "code"}
+        if param is not None:
+            assert error["param"] == param
+        good = http.post(
+            "/v1/images/generations",
+            json={
+                "model": MODEL,
+                "prompt": "ok",
+                "size": "64x64",
+                "response_format": "b64_json",
+                "num_inference_steps": 1,
+            },
+        )
+        assert good.status_code == 200, good.text
+
+
+def test_unknown_route_is_an_openai_404(diffusers_stack: Stack) -> None:
+    response = httpx.get(f"{diffusers_stack.url}/v1/nothing-here")
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_the_sdk_raises_typed_errors(diffusers_stack: Stack) -> None:
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        generate(diffusers_stack, model="no-such-model")
+    with pytest.raises(openai.BadRequestError) as info:
+        generate(diffusers_stack, size="12x12")
+    assert "multiple of 16" in info.value.message or "between" in info.value.message
+
+
+def test_health_readiness_and_metrics(diffusers_stack: Stack) -> None:
+    with diffusers_stack.http() as http:
+        assert http.get("/health").status_code == 200
+        ready = http.get("/health/ready")
+        assert ready.status_code == 200 and ready.json()["models"]["image_diffusion"] == "READY"
+        generate(diffusers_stack, extra_body={"num_inference_steps": 1})
+        text = http.get("/metrics").text
+    assert 'openai_requests_total{route="/v1/images/generations",status="200"}' in text
+    assert 'diffusion_requests_total{model="image_diffusion",outcome="success"}' in text
+    assert 'diffusion_seconds_total{model="image_diffusion",phase="encode"}' in text
+    assert "nv_inference_request_success" in text
+
+
+def test_client_disconnect_cancels_the_generation_on_the_server(diffusers_stack: Stack) -> None:
+    def cancelled() -> float:
+        text = httpx.get(f"{diffusers_stack.url}/metrics", timeout=10).text
+        return metric_value(text, "diffusion_requests_total", model="image_diffusion", outcome="GenerationCancelled")
+
+    before = cancelled()
+    body = {
+        "model": MODEL,
+        "prompt": "long",
+        "size": "512x512",
+        "response_format": "b64_json",
+        "num_inference_steps": 200,
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{diffusers_stack.url}/v1/images/generations", json=body, timeout=httpx.Timeout(10, read=1.5))
+    wait_for(lambda: cancelled() > before, timeout=60, message="the model seeing the cancellation")
+    # The model is free again and serves the next request.
+    assert generate(diffusers_stack, extra_body={"num_inference_steps": 1}).data
