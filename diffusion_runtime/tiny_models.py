@@ -286,9 +286,9 @@ def _train_t5_tokenizer(vocab_size: int = 400, model_max_length: int = 512) -> A
     """A ``T5Tokenizer`` (= ``T5TokenizerFast``) with a Unigram vocab trained here.
 
     T5Tokenizer rebuilds its pipeline from ``(piece, score)`` pairs and expects ``<pad>``, ``</s>``,
-    ``<unk>`` at ids 0, 1, 2; training uses its own Metaspace pre-tokenization. The trainer's scores vary
-    in the last bits and equal scores come out in hash-map order, so scores are rounded and pieces sorted
-    to make the vocab (hence the embedding rows) reproducible. No sentinel (``<extra_id_*>``) tokens: the
+    ``<unk>`` at ids 0, 1, 2; training uses its own Metaspace pre-tokenization. The trainer's output varies
+    from run to run (scores in the last bits, hash-map order), so scores are rounded and pieces sorted to
+    make the vocab (hence which embedding row is which piece) reproducible. No sentinel (``<extra_id_*>``) tokens: the
     encoders only encode prompts.
     """
     from tokenizers import Tokenizer, trainers
@@ -308,10 +308,14 @@ def _train_t5_tokenizer(vocab_size: int = 400, model_max_length: int = 512) -> A
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     trained = json.loads(tok.to_str())["model"]["vocab"]
-    pieces = sorted(
-        ((piece, round(float(score), 6)) for piece, score in trained if piece not in specials),
-        key=lambda ps: (-ps[1], ps[0]),
-    )
+    scores = {piece: round(float(score), 6) for piece, score in trained if piece not in specials}
+    # Characters the trainer must keep but did not learn get made-up scores below every learned piece,
+    # handed out in hash-map order: give them one common score instead.
+    floor = min(score for piece, score in scores.items() if len(piece) > 1)
+    for piece, score in scores.items():
+        if len(piece) == 1 and score < floor:
+            scores[piece] = floor - 1.0
+    pieces = sorted(scores.items(), key=lambda ps: (-ps[1], ps[0]))
     vocab = [(piece, 0.0) for piece in specials] + pieces
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
