@@ -29,8 +29,13 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = PROJECT_ROOT / "model_repository"
-MODEL_KINDS = {"image": "image_diffusion"}
-TINY_DEFAULTS = {"image": "tiny-flux"}
+# Kinds of generation → the repository folder serving each; a kind is offered once its folder exists.
+MODEL_KINDS = {
+    kind: name
+    for kind, name in {"image": "image_diffusion", "video": "video_generation", "text": "dllm"}.items()
+    if (REPOSITORY / name / "config.pbtxt").exists()
+}
+TINY_DEFAULTS = {"image": "tiny-flux", "video": "tiny-wan-t2v", "text": "tiny-llada"}
 SGLANG_MODEL_IDS = {"tiny-flux": "FLUX.1-dev"}
 
 
@@ -76,6 +81,7 @@ def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Seque
         target = destination / spec.triton_name
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         config = text_format.Parse((source / "config.pbtxt").read_text(), mc.ModelConfig())
+        config.name = spec.triton_name  # one source folder may be served under several names
         for key, value in spec.parameters.items():
             config.parameters[key].string_value = value
         del config.instance_group[:]

@@ -287,8 +287,8 @@ def _train_t5_tokenizer(vocab_size: int = 400, model_max_length: int = 512) -> A
 
     T5Tokenizer rebuilds its pipeline from ``(piece, score)`` pairs and expects ``<pad>``, ``</s>``,
     ``<unk>`` at ids 0, 1, 2; training uses its own Metaspace pre-tokenization. The trainer's output varies
-    from run to run (scores in the last bits, hash-map order), so scores are rounded and pieces sorted to
-    make the vocab (hence which embedding row is which piece) reproducible. No sentinel (``<extra_id_*>``) tokens: the
+    from run to run, so its scores are canonicalised to make the vocab (hence which embedding row is which
+    piece) reproducible. No sentinel (``<extra_id_*>``) tokens: the
     encoders only encode prompts.
     """
     from tokenizers import Tokenizer, trainers
@@ -308,16 +308,27 @@ def _train_t5_tokenizer(vocab_size: int = 400, model_max_length: int = 512) -> A
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     trained = json.loads(tok.to_str())["model"]["vocab"]
-    scores = {piece: round(float(score), 6) for piece, score in trained if piece not in specials}
-    # Characters the trainer must keep but did not learn get made-up scores below every learned piece,
-    # handed out in hash-map order: give them one common score instead.
-    floor = min(score for piece, score in scores.items() if len(piece) > 1)
-    for piece, score in scores.items():
-        if len(piece) == 1 and score < floor:
-            scores[piece] = floor - 1.0
-    pieces = sorted(scores.items(), key=lambda ps: (-ps[1], ps[0]))
-    vocab = [(piece, 0.0) for piece in specials] + pieces
+    scores = {piece: float(score) for piece, score in trained if piece not in specials}
+    vocab = [(piece, 0.0) for piece in specials] + _canonical_unigram_scores(scores)
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def _canonical_unigram_scores(scores: dict[str, float], tolerance: float = 1e-3) -> list[tuple[str, float]]:
+    """Snap near-equal scores to one value, then order pieces by (score, piece).
+
+    The Unigram trainer gives characters it must keep but did not learn made-up scores 1e-4 apart, in
+    hash-map order, and its other scores differ from run to run in the last bits. Only the sorted scores
+    are reproducible, so pieces whose scores chain within ``tolerance`` share the score of the group's
+    best; that removes both kinds of noise at a negligible cost in tokenization.
+    """
+    snapped: dict[str, float] = {}
+    level = previous = None
+    for piece, score in sorted(scores.items(), key=lambda ps: -ps[1]):
+        if previous is None or previous - score > tolerance:
+            level = round(score, 4)
+        snapped[piece] = level
+        previous = score
+    return sorted(snapped.items(), key=lambda ps: (-ps[1], ps[0]))
 
 
 _LLADA_SPECIALS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -119,17 +119,57 @@ class TritonBackend:
         ready = bool(states) and all(state == "READY" for state in states.values())
         return ready, {"triton": "ready", "models": states}
 
-    async def infer(
-        self, model: ServedModel, inputs: Mapping[str, np.ndarray], outputs: list[str]
-    ) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _tensors(inputs: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
         tensors = []
         for name, array in inputs.items():
             tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
+        return tensors
+
+    async def stream(
+        self,
+        model: ServedModel,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str],
+        is_final: Callable[[dict[str, np.ndarray]], bool],
+    ) -> AsyncIterator[dict[str, np.ndarray]]:
+        """Responses of a decoupled model, until one ``is_final`` says ends the stream. Closing the iterator
+        early (the consumer was cancelled) cancels the gRPC stream, which Triton reports to the model."""
+
+        async def request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": model.triton_name,
+                "inputs": self._tensors(inputs),
+                "outputs": [grpcclient.InferRequestedOutput(name) for name in outputs],
+            }
+
+        responses = self._client.stream_infer(request())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise from_triton_error(error)
+                present = {}
+                for name in outputs:
+                    value = result.as_numpy(name)
+                    if value is not None:
+                        present[name] = value
+                yield present
+                if is_final(present):
+                    return
+            raise OpenAIError(500, "the model's response stream ended without a final response")
+        except InferenceServerException as exc:
+            raise from_triton_error(exc) from exc
+        finally:
+            responses.cancel()  # a no-op for Triton once the final response was sent
+
+    async def infer(
+        self, model: ServedModel, inputs: Mapping[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         try:
-            result = await self._client.infer(model.triton_name, tensors, outputs=requested)
+            result = await self._client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
         except InferenceServerException as exc:
             raise from_triton_error(exc) from exc
         return {name: result.as_numpy(name) for name in outputs}

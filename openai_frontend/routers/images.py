@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from diffusion_runtime.media import CONTENT_TYPES
 from diffusion_runtime.params import ImageParams, parse_size, validate_image_params
 from openai_frontend.context import Ctx
-from openai_frontend.schemas import ImageData, ImageGenerationRequest, ImagesResponse
+from openai_frontend.schemas.images import ImageData, ImageGenerationRequest, ImagesResponse
 from openai_frontend.storage import new_media_key, new_request_id
 from openai_frontend.triton import cancel_on_disconnect
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from openai_frontend.context import Ctx
 from openai_frontend.errors import OpenAIError
-from openai_frontend.schemas import ModelCard, ModelList
+from openai_frontend.schemas.common import ModelCard, ModelList
 
 router = APIRouter()
 

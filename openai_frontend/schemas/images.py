@@ -1,8 +1,4 @@
-"""Wire shapes of the OpenAI-compatible API.
-
-Requests accept unknown fields (the OpenAI SDK's ``extra_body`` lands at the top level, and newer SDKs send
-fields we ignore); range and model-specific rules are checked by ``diffusion_runtime.params``, not here.
-"""
+"""Wire shapes of ``/v1/images/*``."""
 
 from __future__ import annotations
 
@@ -66,16 +62,3 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: str | None = None
     size: str | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "triton-diffusion"
-    task: str | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

@@ -1,23 +1,23 @@
-"""Request validation shared by the frontend and the Triton models.
-
-The frontend validates before it calls Triton (so users get a 400 naming the field), and each model validates
-the same way again, because Triton clients such as perf_analyzer reach the models without the frontend. The
-rules live only here. Model-specific limits come from the model's ``config.pbtxt`` parameters
-(``ImageLimits.from_parameters``), which the frontend reads from Triton so both sides agree.
-"""
+"""Text-to-image (and image edit) requests: sizes, counts, steps, guidance, seeds, output formats."""
 
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from diffusion_runtime.errors import InvalidRequest
+from diffusion_runtime.params.common import (
+    check_int,
+    check_range,
+    check_seed,
+    check_text,
+    int_in_range,
+    number_in_range,
+)
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 _FORMAT_ALIASES = {"jpg": "jpeg"}
-SEED_MAX = 2**63 - 1
 _SIZE_RE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
 
 
@@ -78,44 +78,9 @@ def parse_size(size: str | None, limits: ImageLimits) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _int(value: object, param: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidRequest(f"{param} must be an integer, got {value!r}", param)
-    return value
-
-
-def _number(value: object, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"{param} must be a number, got {value!r}", param)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise InvalidRequest(f"{param} must be a finite number", param)
-    return float(value)
-
-
-def _in_range(value: int | float, low: int | float, high: int | float, param: str) -> None:
-    if not low <= value <= high:
-        raise InvalidRequest(f"{param} must be between {low} and {high}, got {value}", param)
-
-
-def _prompt(value: object, param: str, limits: ImageLimits, required: bool) -> str | None:
-    if value is None:
-        if required:
-            raise InvalidRequest(f"{param} is required", param)
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{param} must be a string", param)
-    if required and not value.strip():
-        raise InvalidRequest(f"{param} must not be empty", param)
-    if len(value) > limits.max_prompt_chars:
-        raise InvalidRequest(f"{param} is longer than {limits.max_prompt_chars} characters", param)
-    return value
-
-
 def check_dimension(value: object, param: str, limits: ImageLimits) -> int:
-    value = _int(value, param)
-    _in_range(value, limits.min_size, limits.max_size, param)
+    value = check_int(value, param)
+    check_range(value, limits.min_size, limits.max_size, param)
     if value % limits.size_multiple:
         raise InvalidRequest(f"{param} must be a multiple of {limits.size_multiple} for this model, got {value}", param)
     return value
@@ -129,10 +94,6 @@ def normalize_output_format(value: object) -> str:
             f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {value!r}", "output_format"
         )
     return fmt
-
-
-def random_seed() -> int:
-    return secrets.randbelow(2**32)
 
 
 def validate_image_params(
@@ -150,24 +111,18 @@ def validate_image_params(
     output_compression: object = None,
 ) -> ImageParams:
     """Check every field against ``limits`` and fill defaults; ``None`` means "not given"."""
-    prompt_text = _prompt(prompt, "prompt", limits, required=True)
-    negative = _prompt(negative_prompt, "negative_prompt", limits, required=False) or None
+    prompt_text = check_text(prompt, "prompt", limits.max_prompt_chars, required=True)
+    negative = check_text(negative_prompt, "negative_prompt", limits.max_prompt_chars, required=False) or None
     w = check_dimension(limits.default_width if width is None else width, "width", limits)
     h = check_dimension(limits.default_height if height is None else height, "height", limits)
-    count = 1 if n is None else _int(n, "n")
-    _in_range(count, 1, limits.max_images, "n")
-    steps = limits.default_steps if num_inference_steps is None else _int(num_inference_steps, "num_inference_steps")
-    _in_range(steps, 1, limits.max_steps, "num_inference_steps")
-    guidance = limits.default_guidance_scale if guidance_scale is None else _number(guidance_scale, "guidance_scale")
-    _in_range(guidance, 0.0, limits.max_guidance_scale, "guidance_scale")
-    if seed is None:
-        base_seed = random_seed()
-    else:
-        base_seed = _int(seed, "seed")
-        _in_range(base_seed, 0, SEED_MAX - limits.max_images, "seed")
+    count = int_in_range(n, 1, 1, limits.max_images, "n")
+    steps = int_in_range(num_inference_steps, limits.default_steps, 1, limits.max_steps, "num_inference_steps")
+    guidance = number_in_range(
+        guidance_scale, limits.default_guidance_scale, 0.0, limits.max_guidance_scale, "guidance_scale"
+    )
+    base_seed = check_seed(seed, headroom=limits.max_images)
     fmt = normalize_output_format(output_format)
-    compression = 100 if output_compression is None else _int(output_compression, "output_compression")
-    _in_range(compression, 0, 100, "output_compression")
+    compression = int_in_range(output_compression, 100, 0, 100, "output_compression")
     assert prompt_text is not None
     return ImageParams(
         prompt=prompt_text,
