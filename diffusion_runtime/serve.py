@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
     triton = TritonServer(
         repository,
+        log_file=run_dir / "tritonserver.log",
         http_port=args.triton_http_port,
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
@@ -372,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         triton.start()
-        print(f"[serve] tritonserver: HTTP {triton.http_url}, gRPC {triton.grpc_url}; loading models...", flush=True)
+        print(
+            f"[serve] tritonserver: HTTP {triton.http_url}, gRPC {triton.grpc_url}, log {triton.log_file}; "
+            "loading models...",
+            flush=True,
+        )
         triton.wait_ready()
         frontend.start().wait_ready()
         print(f"[serve] OpenAI API ready at {frontend.url}/v1 (Ctrl-C stops everything)", flush=True)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when any builder changes what it writes.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 TINY_MODELS: tuple[str, ...] = ("tiny-flux", "tiny-wan-t2v", "tiny-wan-i2v", "tiny-llada")
 
@@ -165,7 +165,7 @@ def _build_atomically(name: str, target: Path) -> None:
         with _offline_hub(), _quiet_progress_bars():
             _BUILDERS[name](tmp)
         (tmp / STAMP_FILE).write_text(json.dumps(_stamp(name), indent=2, sort_keys=True) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the folder may be read by other users (Triton, tests).
+        _make_world_readable(tmp)
         if target.exists():
             # A non-empty directory cannot be replaced by rename: move the stale one aside first.
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=target.parent))
@@ -177,6 +177,13 @@ def _build_atomically(name: str, target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_world_readable(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and some writers leave files 0600; servers may run as other users."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ fi
 
 # --- The virtualenv, keyed by the requirements so an edit triggers a reinstall.
 stamp="$TD_VENV/.requirements.sha256"
-want=$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(sha256sum <"$ROOT/requirements.txt" | cut -d' ' -f1)
 if [ ! -x "$TD_VENV/bin/python" ]; then
   log "creating virtualenv $TD_VENV"
   mkdir -p "$(dirname "$TD_VENV")"
