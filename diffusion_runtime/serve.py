@@ -29,14 +29,57 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = PROJECT_ROOT / "model_repository"
-# Kinds of generation → the repository folder serving each; a kind is offered once its folder exists.
-MODEL_KINDS = {
-    kind: name
-    for kind, name in {"image": "image_diffusion", "video": "video_generation", "text": "dllm"}.items()
-    if (REPOSITORY / name / "config.pbtxt").exists()
-}
-TINY_DEFAULTS = {"image": "tiny-flux", "video": "tiny-wan-t2v", "text": "tiny-llada"}
-SGLANG_MODEL_IDS = {"tiny-flux": "FLUX.1-dev"}
+
+
+@dataclass(frozen=True)
+class ServedSlot:
+    """One model the serve command can start: its command-line name, repository folder and tiny default."""
+
+    flag: str  # --<flag>-model, --<flag>-engine, --<flag>-served-name
+    kind: str  # image | video | text (what --kinds selects)
+    triton_name: str
+    source: str  # folder under model_repository/
+    tiny_model: str
+    engines: tuple[str, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    tiny_parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+SLOTS = tuple(
+    slot
+    for slot in (
+        ServedSlot(
+            "image",
+            "image",
+            "image_diffusion",
+            "image_diffusion",
+            "tiny-flux",
+            ("auto", "sglang", "diffusers"),
+            tiny_parameters={"sglang_model_id": "FLUX.1-dev"},
+        ),
+        ServedSlot(
+            "video",
+            "video",
+            "video_generation",
+            "video_generation",
+            "tiny-wan-t2v",
+            ("auto", "sglang", "diffusers"),
+            parameters={"video_mode": "t2v"},
+        ),
+        ServedSlot(
+            "i2v",
+            "video",
+            "video_generation_i2v",
+            "video_generation",
+            "tiny-wan-i2v",
+            ("auto", "sglang", "diffusers"),
+            parameters={"video_mode": "i2v"},
+        ),
+        ServedSlot("dllm", "text", "dllm", "dllm", "tiny-llada", ("auto", "sglang", "transformers")),
+    )
+    if (REPOSITORY / slot.source / "config.pbtxt").exists()  # a kind is offered once its model exists
+)
+KINDS = tuple(dict.fromkeys(slot.kind for slot in SLOTS))
 
 
 def free_port() -> int:
@@ -295,23 +338,22 @@ class Frontend:
 
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
-    """Which models to serve and with what parameters; a kind with no model named gets its tiny model."""
+    """Which models to serve. With no model named, every selected kind's tiny models; otherwise exactly the
+    models named (so a GPU deployment never loads a tiny model it did not ask for)."""
     from diffusion_runtime.tiny_models import ensure_tiny_model
 
+    selected = [slot for slot in SLOTS if slot.kind in args.kinds]
+    named = [slot for slot in selected if getattr(args, f"{slot.flag}_model")]
     specs = []
-    for kind, triton_name in MODEL_KINDS.items():
-        if kind not in args.kinds:
-            continue
-        model = getattr(args, f"{kind}_model")
-        parameters = {"engine": getattr(args, f"{kind}_engine")}
-        if model is None or model in TINY_DEFAULTS.values():
-            name = model or TINY_DEFAULTS[kind]
-            parameters.update(model_path=str(ensure_tiny_model(name)), served_model_name=name)
-            if name in SGLANG_MODEL_IDS:
-                parameters["sglang_model_id"] = SGLANG_MODEL_IDS[name]
+    for slot in named or selected:
+        model = getattr(args, f"{slot.flag}_model")
+        parameters = {**slot.parameters, "engine": getattr(args, f"{slot.flag}_engine")}
+        if model is None:
+            parameters.update(slot.tiny_parameters)
+            parameters.update(model_path=str(ensure_tiny_model(slot.tiny_model)), served_model_name=slot.tiny_model)
         else:
-            parameters.update(model_path=model, served_model_name=getattr(args, f"{kind}_served_name") or model)
-        specs.append(ModelSpec(triton_name, parameters, instances_per_gpu=args.instances))
+            parameters.update(model_path=model, served_model_name=getattr(args, f"{slot.flag}_served_name") or model)
+        specs.append(ModelSpec(slot.triton_name, parameters, args.instances, REPOSITORY / slot.source))
     return specs
 
 
@@ -325,11 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="frontend port (default 8000)")
     parser.add_argument("--fs-url", default=None, help="media storage: file:///path (default under ~/.local/share)")
     parser.add_argument("--http-url", default=None, help="public base URL serving the stored media")
-    parser.add_argument("--kinds", default=",".join(MODEL_KINDS), help="kinds to serve, comma separated (image)")
-    for kind in MODEL_KINDS:
-        parser.add_argument(f"--{kind}-model", default=None, help=f"{kind} model: HF id or local folder")
-        parser.add_argument(f"--{kind}-engine", default="auto", choices=("auto", "sglang", "diffusers"))
-        parser.add_argument(f"--{kind}-served-name", default=None, help=f"OpenAI model id for the {kind} model")
+    parser.add_argument("--state-dir", default=None, help="video job records (default under ~/.local/share)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds to serve, comma separated ({','.join(KINDS)})")
+    for slot in SLOTS:
+        parser.add_argument(f"--{slot.flag}-model", default=None, help=f"{slot.triton_name}: HF id or local folder")
+        parser.add_argument(f"--{slot.flag}-engine", default="auto", choices=slot.engines)
+        parser.add_argument(f"--{slot.flag}-served-name", default=None, help="OpenAI model id (default: the model)")
     parser.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all; none on CPU hosts)")
     parser.add_argument("--instances", type=int, default=1, help="model instances per GPU (or on the CPU)")
     parser.add_argument("--triton-http-port", type=int, default=None)
@@ -343,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = set(args.kinds) - set(MODEL_KINDS)
+    unknown = set(args.kinds) - set(KINDS)
     if unknown:
-        raise SystemExit(f"unknown kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(MODEL_KINDS)}")
+        raise SystemExit(f"unknown kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     gpus = detect_gpus() if args.gpus is None else [int(g) for g in args.gpus.split(",") if g.strip()]
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="triton-diffusion-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.triton_metrics_port,
     )
     extra = ["--request-timeout", str(args.request_timeout)]
+    if args.state_dir:
+        extra += ["--state-dir", args.state_dir]
     frontend = Frontend(
         triton, host=args.host, port=args.port, fs_url=args.fs_url, http_url=args.http_url, extra_args=extra
     )

@@ -443,6 +443,9 @@ def _wan_scheduler() -> Any:
     )
 
 
+_WAN_IMAGE_DIM = 16  # CLIP-vision hidden size = the I2V transformer's image_dim
+
+
 def _wan_transformer(*, image_to_video: bool) -> Any:
     from diffusers import WanTransformer3DModel
 
@@ -469,9 +472,6 @@ def _wan_transformer(*, image_to_video: bool) -> Any:
             **i2v,
         }
     )
-
-
-_WAN_IMAGE_DIM = 16
 
 
 # ------------------------------------------------------------------------------------------- builders

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
-from openai_frontend.routers import images, media, models, observability
+from openai_frontend.routers import images, media, models, observability, videos
 from openai_frontend.storage import open_storage
 from openai_frontend.triton import TritonBackend
+from openai_frontend.video_jobs import VideoJobRunner, VideoJobStore
 
 
 def create_app(settings: FrontendSettings) -> FastAPI:
@@ -22,17 +24,20 @@ def create_app(settings: FrontendSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, FrontendContext]]:
         backend = TritonBackend(settings.triton_url, settings.triton_metrics_url)
-        ctx = FrontendContext(
-            settings=settings, backend=backend, storage=open_storage(settings.fs_url), metrics=metrics
-        )
+        storage = open_storage(settings.fs_url)
+        store = VideoJobStore(Path(settings.state_dir) / "videos.sqlite3")
+        jobs = VideoJobRunner(store, backend, storage, settings.max_pending_videos)
+        ctx = FrontendContext(settings=settings, backend=backend, storage=storage, video_jobs=jobs, metrics=metrics)
         try:
             yield {"ctx": ctx}
         finally:
+            await jobs.close()
+            store.close()
             await backend.close()
 
     app = FastAPI(title="Triton diffusion: OpenAI-compatible API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (models, images, media, observability):
+    for module in (models, images, videos, media, observability):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from openai_frontend.storage import MediaStorage
 from openai_frontend.triton import TritonBackend
+from openai_frontend.video_jobs import VideoJobRunner
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class FrontendSettings:
     fs_url: str = "file:///tmp/triton-diffusion/media"
     http_url: str | None = None
     request_timeout: float = 600.0
+    state_dir: str = "/tmp/triton-diffusion/state"  # video job records (SQLite)
+    video_poll_ms: int = 1000  # what openai-poll-after-ms tells pollers while a video is pending
+    max_pending_videos: int = 64  # per model, queued or running; more is refused with 429
 
 
 class FrontendMetrics:
@@ -42,6 +46,7 @@ class FrontendContext:
     settings: FrontendSettings
     backend: TritonBackend
     storage: MediaStorage
+    video_jobs: VideoJobRunner
     metrics: FrontendMetrics = field(default_factory=FrontendMetrics)
 
     def media_url(self, key: str, request: Request) -> str:

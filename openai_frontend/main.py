@@ -12,11 +12,9 @@ from openai_frontend.app import create_app
 from openai_frontend.context import FrontendSettings
 
 
-def default_media_url() -> str:
-    home = os.environ.get("TD_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME", os.path.expanduser("~/.local/share")), "triton-diffusion"
-    )
-    return "file://" + os.path.join(home, "media")
+def data_home() -> str:
+    """Where media and job records persist by default (not a cache: users' files live here)."""
+    return os.path.join(os.environ.get("XDG_DATA_HOME", os.path.expanduser("~/.local/share")), "triton-diffusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--triton-url", default="127.0.0.1:8001", help="tritonserver's gRPC address")
     parser.add_argument("--triton-metrics-url", default=None, help="tritonserver's /metrics URL, re-exported")
-    parser.add_argument("--fs-url", default=default_media_url(), help="where media is stored: file:///path")
+    parser.add_argument(
+        "--fs-url", default="file://" + os.path.join(data_home(), "media"), help="where media is stored: file:///path"
+    )
     parser.add_argument("--http-url", default=None, help="public base URL that serves the stored media")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a generation is cancelled")
+    parser.add_argument("--state-dir", default=os.path.join(data_home(), "state"), help="video job records")
+    parser.add_argument("--video-poll-ms", type=int, default=1000, help="openai-poll-after-ms for pending videos")
+    parser.add_argument("--max-pending-videos", type=int, default=64, help="queued or running videos per model")
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         fs_url=args.fs_url,
         http_url=args.http_url,
         request_timeout=args.request_timeout,
+        state_dir=args.state_dir,
+        video_poll_ms=args.video_poll_ms,
+        max_pending_videos=args.max_pending_videos,
     )
     uvicorn.run(
         create_app(settings), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5

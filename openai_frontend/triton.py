@@ -19,7 +19,7 @@ import tritonclient.grpc.aio as grpcclient
 from fastapi import Request
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from diffusion_runtime.params import ImageLimits
+from diffusion_runtime.params import ImageLimits, VideoLimits
 from openai_frontend.errors import OpenAIError, from_triton_error
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ class ServedModel:
     task: str
     parameters: Mapping[str, str] = field(default_factory=dict)
     created: int = 0
+    instances: int = 1  # model instances Triton runs: how many generations can proceed at once
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits.from_parameters(self.parameters)
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -50,7 +55,12 @@ def _served_model(name: str, config: Mapping[str, Any], loaded_at: int) -> Serve
     if task not in TASKS:
         return None
     model_id = parameters.get("served_model_name") or parameters.get("model_path") or name
-    return ServedModel(id=model_id, triton_name=name, task=task, parameters=parameters, created=loaded_at)
+    instances = sum(
+        int(group.get("count", 1)) * max(1, len(group.get("gpus", []))) for group in config.get("instance_group", [])
+    )
+    return ServedModel(
+        id=model_id, triton_name=name, task=task, parameters=parameters, created=loaded_at, instances=max(1, instances)
+    )
 
 
 class TritonBackend:

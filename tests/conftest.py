@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from diffusion_runtime.serve import Frontend, ModelSpec, TritonServer, render_repository
+from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, render_repository
 from diffusion_runtime.tiny_models import ensure_tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +26,15 @@ class Stack:
     triton: TritonServer
     frontend: Frontend
     media_dir: Path
+
+    def restart_frontend(self) -> None:
+        """Stop the frontend and start a new one with the same settings (same media and job store)."""
+        old = self.frontend
+        old.stop()
+        self.frontend = Frontend(
+            old.triton, fs_url=old.fs_url, http_url=old.http_url, extra_args=old.extra_args, log_file=old.log_file
+        )
+        self.frontend.start().wait_ready()
 
     @property
     def url(self) -> str:
@@ -42,6 +51,41 @@ class Stack:
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     return ensure_tiny_models()
+
+
+def tiny_video_specs(tiny_models: dict[str, Path], engine: str, **parameters: str) -> list[ModelSpec]:
+    """The tiny text-to-video model as ``video_generation`` and the tiny image-to-video one beside it."""
+    common = {
+        "engine": engine,
+        "sglang_backend": "diffusers",
+        "sglang_sleep_on_idle": "true",
+        "default_width": "64",
+        "default_height": "64",
+        **parameters,
+    }
+    source = REPOSITORY / "video_generation"
+    return [
+        ModelSpec(
+            "video_generation",
+            {
+                **common,
+                "model_path": str(tiny_models["tiny-wan-t2v"]),
+                "served_model_name": "tiny-wan-t2v",
+                "video_mode": "t2v",
+            },
+            source=source,
+        ),
+        ModelSpec(
+            "video_generation_i2v",
+            {
+                **common,
+                "model_path": str(tiny_models["tiny-wan-i2v"]),
+                "served_model_name": "tiny-wan-i2v",
+                "video_mode": "i2v",
+            },
+            source=source,
+        ),
+    ]
 
 
 def tiny_image_spec(tiny_models: dict[str, Path], engine: str, **parameters: str) -> ModelSpec:

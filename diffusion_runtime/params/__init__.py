@@ -8,5 +8,14 @@ both sides agree.
 """
 
 from diffusion_runtime.params.image import ImageLimits, ImageParams, parse_size, validate_image_params
+from diffusion_runtime.params.video import VideoLimits, VideoParams, validate_video_params
 
-__all__ = ["ImageLimits", "ImageParams", "parse_size", "validate_image_params"]
+__all__ = [
+    "ImageLimits",
+    "ImageParams",
+    "VideoLimits",
+    "VideoParams",
+    "parse_size",
+    "validate_image_params",
+    "validate_video_params",
+]

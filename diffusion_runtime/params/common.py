@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Protocol, TypeVar
 
 from diffusion_runtime.errors import InvalidRequest
 
 SEED_MAX = 2**63 - 1
+L = TypeVar("L")
+
+
+class SizeLimits(Protocol):
+    size_multiple: int
+    min_size: int
+    max_size: int
+
+
+def limits_from_parameters(cls: type[L], parameters: Mapping[str, str]) -> L:
+    """Build a limits dataclass from a model's config parameters (all strings), ignoring unrelated keys."""
+    kwargs: dict[str, int | float] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        raw = parameters.get(f.name)
+        if raw is not None and str(raw).strip():
+            kwargs[f.name] = float(raw) if f.type == "float" else int(raw)
+    return cls(**kwargs)
 
 
 def check_int(value: object, param: str) -> int:
@@ -68,3 +88,11 @@ def number_in_range(value: object, default: float, low: float, high: float, para
     result = default if value is None else check_number(value, param)
     check_range(result, low, high, param)
     return result
+
+
+def check_dimension(value: object, param: str, limits: SizeLimits) -> int:
+    value = check_int(value, param)
+    check_range(value, limits.min_size, limits.max_size, param)
+    if value % limits.size_multiple:
+        raise InvalidRequest(f"{param} must be a multiple of {limits.size_multiple} for this model, got {value}", param)
+    return value

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.common import (
-    check_int,
-    check_range,
+    check_dimension,
     check_seed,
     check_text,
     int_in_range,
+    limits_from_parameters,
     number_in_range,
 )
 
@@ -39,14 +39,7 @@ class ImageLimits:
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> ImageLimits:
-        """Read overrides such as ``max_size`` from a model's config parameters (strings); ignore other keys."""
-        kwargs: dict[str, int | float] = {}
-        for f in fields(cls):
-            raw = parameters.get(f.name)
-            if raw is None or str(raw).strip() == "":
-                continue
-            kwargs[f.name] = float(raw) if f.type == "float" else int(raw)
-        return cls(**kwargs)
+        return limits_from_parameters(cls, parameters)
 
 
 @dataclass(frozen=True)
@@ -76,14 +69,6 @@ def parse_size(size: str | None, limits: ImageLimits) -> tuple[int, int]:
     if not isinstance(size, str) or not (m := _SIZE_RE.match(size)):
         raise InvalidRequest(f"size must look like '1024x1024' (WIDTHxHEIGHT), got {size!r}", "size")
     return int(m.group(1)), int(m.group(2))
-
-
-def check_dimension(value: object, param: str, limits: ImageLimits) -> int:
-    value = check_int(value, param)
-    check_range(value, limits.min_size, limits.max_size, param)
-    if value % limits.size_multiple:
-        raise InvalidRequest(f"{param} must be a multiple of {limits.size_multiple} for this model, got {value}", param)
-    return value
 
 
 def normalize_output_format(value: object) -> str:

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from openai_frontend.errors import invalid
+from openai_frontend.schemas.common import KnobsFromNvExt
 
 
-class NvExt(BaseModel):
+class ImageNvExt(BaseModel):
     """Generation knobs outside OpenAI's API, as the seed's clients send them (also accepted top level)."""
 
     model_config = ConfigDict(extra="allow")
@@ -20,9 +20,7 @@ class NvExt(BaseModel):
     negative_prompt: StrictStr | None = None
 
 
-class ImageGenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class ImageGenerationRequest(KnobsFromNvExt):
     prompt: StrictStr
     model: StrictStr | None = None
     n: int | None = Field(default=None, description="Images to generate (1-10)")
@@ -39,15 +37,7 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = None
     seed: int | None = None
     negative_prompt: StrictStr | None = None
-    nvext: NvExt | None = None
-
-    def knob(self, name: str) -> object:
-        """An extra knob from the top level or ``nvext``; giving both with different values is an error."""
-        top = getattr(self, name)
-        nested = getattr(self.nvext, name) if self.nvext is not None else None
-        if top is not None and nested is not None and top != nested:
-            raise invalid(f"{name} is given both at the top level and in nvext with different values", name)
-        return top if top is not None else nested
+    nvext: ImageNvExt | None = None
 
 
 class ImageData(BaseModel):

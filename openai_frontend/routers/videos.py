@@ -1,0 +1,266 @@
+"""``/v1/videos``: OpenAI's video job API, and the seed's blocking create (a body with ``response_format``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from diffusion_runtime.media import decode_image, sniff_image_format
+from diffusion_runtime.params import VideoParams, parse_size, validate_video_params
+from openai_frontend.context import Ctx, FrontendContext
+from openai_frontend.errors import OpenAIError, invalid
+from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
+from openai_frontend.triton import ServedModel, cancel_on_disconnect
+from openai_frontend.video_jobs import PENDING, VideoJob, is_video_id, new_video_id, video_key
+
+router = APIRouter()
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+_FORM_KEY = re.compile(r"^(\w+)\[(\w+)\]$")
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VideoCreateRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        "prompt": {"type": "string"},
+                        "model": {"type": "string"},
+                        "seconds": {"type": "string"},
+                        "size": {"type": "string"},
+                        "input_reference": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def _read_create_request(request: Request) -> tuple[VideoCreateRequest, bytes | None]:
+    """Multipart (SDK, AIPerf) or JSON (the seed's curl) → the request and the reference image's bytes."""
+    content_type = request.headers.get("content-type", "")
+    image: bytes | None = None
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        except Exception as exc:  # python-multipart's parse errors have no common base worth naming
+            raise invalid(f"the multipart body could not be parsed: {exc}") from exc
+        data: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "input_reference":
+                    raise invalid(f"unexpected file part '{key}'", key)
+                image = await value.read()
+                continue
+            if match := _FORM_KEY.match(key):  # nested fields arrive as key[sub]
+                data.setdefault(match.group(1), {})[match.group(2)] = value
+            else:
+                data[key] = value
+    elif content_type.startswith("application/json") or not content_type:
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise invalid("the request body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise invalid("the request body must be a JSON object")
+    else:
+        raise OpenAIError(415, f"unsupported content type '{content_type}'; send JSON or multipart/form-data")
+    try:
+        body = VideoCreateRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = f"{param} is required" if first["type"] == "missing" else f"{param}: {first['msg']}"
+        raise invalid(message, param) from exc
+    if body.input_reference is not None:
+        image = _decode_data_url(body.input_reference)
+    return body, image
+
+
+def _decode_data_url(value: str) -> bytes:
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    if value.startswith(("http://", "https://")):
+        raise invalid("input_reference URLs are not fetched; upload the file or send a data URL", "input_reference")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid("input_reference must be an image file, a data URL or base64", "input_reference") from exc
+
+
+def _check_image(image: bytes) -> None:
+    if sniff_image_format(image) is None:
+        raise invalid("input_reference is not a PNG, JPEG or WebP image", "input_reference")
+    try:
+        decode_image(image)
+    except Exception as exc:
+        raise invalid(f"input_reference could not be decoded: {exc}", "input_reference") from exc
+
+
+def _seconds_label(body: VideoCreateRequest, params: VideoParams) -> str:
+    if body.seconds is not None:
+        return str(body.seconds).strip() if isinstance(body.seconds, str) else f"{body.seconds:g}"
+    return f"{params.seconds:g}"
+
+
+async def _validated(body: VideoCreateRequest, image: bytes | None, model: ServedModel) -> VideoParams:
+    limits = model.video_limits
+    width, height = parse_size(body.size, limits)
+    params = validate_video_params(
+        limits,
+        prompt=body.prompt,
+        negative_prompt=body.knob("negative_prompt"),
+        width=width,
+        height=height,
+        seconds=body.seconds,
+        num_frames=body.knob("num_frames"),
+        fps=body.knob("fps"),
+        num_inference_steps=body.knob("num_inference_steps"),
+        guidance_scale=body.knob("guidance_scale"),
+        seed=body.knob("seed"),
+    )
+    mode = model.parameters.get("video_mode", "t2v")
+    if image is None and mode == "i2v":
+        raise invalid(f"the model '{model.id}' makes videos from an image: send input_reference", "input_reference")
+    if image is not None:
+        if mode != "i2v":
+            raise invalid(
+                f"the model '{model.id}' makes videos from text only; it takes no input_reference", "input_reference"
+            )
+        if len(image) > MAX_UPLOAD_BYTES:
+            raise OpenAIError(413, f"input_reference is larger than {MAX_UPLOAD_BYTES} bytes", param="input_reference")
+        await asyncio.to_thread(_check_image, image)
+    return params
+
+
+def _poll_headers(job: VideoJob, ctx: FrontendContext) -> dict[str, str]:
+    return {"openai-poll-after-ms": str(ctx.settings.video_poll_ms)} if job.status in PENDING else {}
+
+
+async def _job_or_404(video_id: str, ctx: FrontendContext) -> VideoJob:
+    job = await ctx.video_jobs.store.get(video_id) if is_video_id(video_id) else None
+    if job is None:
+        raise OpenAIError(404, f"no video with id '{video_id}'", param="video_id", code="not_found")
+    return job
+
+
+async def _blocking_result(request: Request, ctx: FrontendContext, job: VideoJob, response_format: str) -> JSONResponse:
+    """The seed's form: wait for the job and answer with the finished video object and its data."""
+    try:
+        finished = await cancel_on_disconnect(request, ctx.video_jobs.wait(job.id), ctx.settings.request_timeout)
+    except OpenAIError:
+        await ctx.video_jobs.cancel(job.id)
+        await ctx.video_jobs.store.update(
+            job.id, status="failed", error={"code": "cancelled", "message": "the client went away"}
+        )
+        raise
+    if finished is None:
+        raise OpenAIError(404, f"the video '{job.id}' was deleted while it was generated", code="not_found")
+    if finished.status != "completed" or not finished.media_key:
+        error = finished.error or {}
+        status = 400 if error.get("code") == "invalid_value" else 500
+        raise OpenAIError(
+            status,
+            f"video generation failed: {error.get('message', 'unknown error')}",
+            code=error.get("code", "generation_failed"),
+        )
+    body = finished.to_object()
+    if response_format == "b64_json":
+        data = await asyncio.to_thread(ctx.storage.get, finished.media_key)
+        body["data"] = [{"b64_json": base64.b64encode(data or b"").decode("ascii")}]
+    else:
+        body["data"] = [{"url": ctx.media_url(finished.media_key, request)}]
+    return JSONResponse(body)
+
+
+@router.post("/v1/videos", response_model=VideoObject, openapi_extra=_CREATE_BODY)
+async def create_video(request: Request, ctx: Ctx) -> JSONResponse:
+    body, image = await _read_create_request(request)
+    model = await ctx.backend.resolve(body.model, "video")
+    params = await _validated(body, image, model)
+    job = VideoJob(
+        id=new_video_id(),
+        model=model.id,
+        status="queued",
+        progress=0,
+        created_at=int(time.time()),
+        seconds=_seconds_label(body, params),
+        size=f"{params.width}x{params.height}",
+        prompt=params.prompt,
+        params={
+            "seed": params.seed,
+            "num_frames": params.num_frames,
+            "fps": params.fps,
+            "num_inference_steps": params.num_inference_steps,
+            "guidance_scale": params.guidance_scale,
+            "image_to_video": image is not None,
+        },
+    )
+    await ctx.video_jobs.submit(job, model, params, image)
+    if body.response_format is not None:
+        return await _blocking_result(request, ctx, job, body.response_format)
+    return JSONResponse(job.to_object(), headers=_poll_headers(job, ctx))
+
+
+@router.get("/v1/videos", response_model=VideoList)
+async def list_videos(
+    ctx: Ctx,
+    after: str | None = None,
+    limit: int = Query(default=20, ge=1, le=100),
+    order: str = Query(default="desc", pattern="^(asc|desc)$"),
+) -> VideoList:
+    if after is not None and (not is_video_id(after) or await ctx.video_jobs.store.get(after) is None):
+        raise OpenAIError(404, f"no video with id '{after}' to list after", param="after", code="not_found")
+    jobs, has_more = await ctx.video_jobs.store.list(after, limit, order)
+    data = [VideoObject.model_validate(job.to_object()) for job in jobs]
+    return VideoList(
+        data=data, first_id=jobs[0].id if jobs else None, last_id=jobs[-1].id if jobs else None, has_more=has_more
+    )
+
+
+@router.get("/v1/videos/{video_id}", response_model=VideoObject)
+async def get_video(video_id: str, ctx: Ctx) -> JSONResponse:
+    job = await _job_or_404(video_id, ctx)
+    return JSONResponse(job.to_object(), headers=_poll_headers(job, ctx))
+
+
+@router.get("/v1/videos/{video_id}/content", response_class=Response)
+async def get_video_content(video_id: str, ctx: Ctx, variant: str = "video") -> Response:
+    job = await _job_or_404(video_id, ctx)
+    if job.status != "completed" or not job.media_key:
+        raise OpenAIError(
+            404,
+            f"the video '{video_id}' is {job.status}; its content exists once it is completed",
+            param="video_id",
+            code="not_ready",
+        )
+    if variant != "video":
+        raise invalid(f"variant '{variant}' is not available; use 'video'", "variant")
+    data = await asyncio.to_thread(ctx.storage.get, job.media_key)
+    if data is None:
+        raise OpenAIError(404, f"the file of video '{video_id}' is missing from storage", code="not_found")
+    # Always video/mp4, whatever Accept says: the SDK sends application/binary and AIPerf checks the type.
+    return Response(
+        data, media_type="video/mp4", headers={"content-disposition": f'attachment; filename="{video_id}.mp4"'}
+    )
+
+
+@router.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
+async def delete_video(video_id: str, ctx: Ctx) -> VideoDeleted:
+    job = await _job_or_404(video_id, ctx)
+    await ctx.video_jobs.cancel(job.id)  # a running job stops; its model sees the cancellation
+    await asyncio.to_thread(ctx.storage.delete, video_key(job.id))
+    await ctx.video_jobs.store.delete(job.id)
+    return VideoDeleted(id=job.id)
