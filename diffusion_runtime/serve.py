@@ -290,8 +290,10 @@ class Frontend:
         http_url: str | None = None,
         extra_args: Sequence[str] = (),
         log_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.triton = triton
+        self.extra_env = dict(env or {})
         self.host = host
         self.port = port or free_port()
         self.fs_url = fs_url
@@ -318,7 +320,7 @@ class Frontend:
         output = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             command + self.extra_args,
-            env=stack_environment(),
+            env=stack_environment(self.extra_env),
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
@@ -367,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="frontend port (default 8000)")
     parser.add_argument("--fs-url", default=None, help="media storage: file:///path (default under ~/.local/share)")
     parser.add_argument("--http-url", default=None, help="public base URL serving the stored media")
+    parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--state-dir", default=None, help="video job records (default under ~/.local/share)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds to serve, comma separated ({','.join(KINDS)})")
     for slot in SLOTS:
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
     )
-    extra = ["--request-timeout", str(args.request_timeout)]
+    extra = ["--request-timeout", str(args.request_timeout), "--presign-expiry", str(args.presign_expiry)]
     if args.state_dir:
         extra += ["--state-dir", args.state_dir]
     frontend = Frontend(

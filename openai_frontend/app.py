@@ -12,19 +12,21 @@ from fastapi.routing import APIRoute
 
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
-from openai_frontend.routers import images, media, models, observability, videos
+from openai_frontend.routers import completions, images, media, models, observability, videos
 from openai_frontend.storage import open_storage
 from openai_frontend.triton import TritonBackend
 from openai_frontend.video_jobs import VideoJobRunner, VideoJobStore
 
 
 def create_app(settings: FrontendSettings) -> FastAPI:
+    """Opening the media store happens here, not in the lifespan, so a bad ``--fs-url`` stops startup with a
+    clear message (``StorageUnavailable``/``ValueError``) before the server binds its port."""
     metrics = FrontendMetrics()
+    storage = open_storage(settings.fs_url, settings.presign_expiry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, FrontendContext]]:
         backend = TritonBackend(settings.triton_url, settings.triton_metrics_url)
-        storage = open_storage(settings.fs_url)
         store = VideoJobStore(Path(settings.state_dir) / "videos.sqlite3")
         jobs = VideoJobRunner(store, backend, storage, settings.max_pending_videos)
         ctx = FrontendContext(settings=settings, backend=backend, storage=storage, video_jobs=jobs, metrics=metrics)
@@ -37,7 +39,7 @@ def create_app(settings: FrontendSettings) -> FastAPI:
 
     app = FastAPI(title="Triton diffusion: OpenAI-compatible API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (models, images, videos, media, observability):
+    for module in (models, completions, images, videos, media, observability):
         app.include_router(module.router)
 
     @app.middleware("http")

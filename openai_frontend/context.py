@@ -19,6 +19,7 @@ class FrontendSettings:
     triton_metrics_url: str | None = None
     fs_url: str = "file:///tmp/triton-diffusion/media"
     http_url: str | None = None
+    presign_expiry: int = 3600  # seconds a presigned S3 URL stays valid
     request_timeout: float = 600.0
     state_dir: str = "/tmp/triton-diffusion/state"  # video job records (SQLite)
     video_poll_ms: int = 1000  # what openai-poll-after-ms tells pollers while a video is pending

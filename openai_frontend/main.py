@@ -10,6 +10,7 @@ import uvicorn
 
 from openai_frontend.app import create_app
 from openai_frontend.context import FrontendSettings
+from openai_frontend.storage import StorageUnavailable
 
 
 def data_home() -> str:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fs-url", default="file://" + os.path.join(data_home(), "media"), help="where media is stored: file:///path"
     )
     parser.add_argument("--http-url", default=None, help="public base URL that serves the stored media")
+    parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a generation is cancelled")
     parser.add_argument("--state-dir", default=os.path.join(data_home(), "state"), help="video job records")
     parser.add_argument("--video-poll-ms", type=int, default=1000, help="openai-poll-after-ms for pending videos")
@@ -43,14 +45,17 @@ def main(argv: list[str] | None = None) -> None:
         triton_metrics_url=args.triton_metrics_url,
         fs_url=args.fs_url,
         http_url=args.http_url,
+        presign_expiry=args.presign_expiry,
         request_timeout=args.request_timeout,
         state_dir=args.state_dir,
         video_poll_ms=args.video_poll_ms,
         max_pending_videos=args.max_pending_videos,
     )
-    uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
-    )
+    try:
+        app = create_app(settings)
+    except (StorageUnavailable, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Stacks are module-scoped: each test module that needs one gets its own, started 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, render_repository
+from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, free_port, render_repository
 from diffusion_runtime.tiny_models import ensure_tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +34,12 @@ class Stack:
         old = self.frontend
         old.stop()
         self.frontend = Frontend(
-            old.triton, fs_url=old.fs_url, http_url=old.http_url, extra_args=old.extra_args, log_file=old.log_file
+            old.triton,
+            fs_url=old.fs_url,
+            http_url=old.http_url,
+            extra_args=old.extra_args,
+            log_file=old.log_file,
+            env=old.extra_env,
         )
         self.frontend.start().wait_ready()
 
@@ -102,13 +109,26 @@ def tiny_image_spec(tiny_models: dict[str, Path], engine: str, **parameters: str
     return ModelSpec("image_diffusion", params)
 
 
-def start_stack(specs: list[ModelSpec], workdir: Path, *, frontend_args: tuple[str, ...] = ()) -> Iterator[Stack]:
+def start_stack(
+    specs: list[ModelSpec],
+    workdir: Path,
+    *,
+    frontend_args: tuple[str, ...] = (),
+    fs_url: str | None = None,
+    frontend_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
     repository = render_repository(specs, workdir / "model_repository", gpus=[])
     media = workdir / "media"
     triton = TritonServer(
         repository, log_file=workdir / "tritonserver.log", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
     )
-    frontend = Frontend(triton, fs_url=f"file://{media}", log_file=workdir / "frontend.log", extra_args=frontend_args)
+    frontend = Frontend(
+        triton,
+        fs_url=fs_url or f"file://{media}",
+        log_file=workdir / "frontend.log",
+        extra_args=("--state-dir", str(workdir / "state"), "--video-poll-ms", "100", *frontend_args),
+        env=frontend_env,
+    )
     try:
         triton.start().wait_ready(timeout=900)
         frontend.start().wait_ready()
@@ -148,3 +168,59 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@dataclass
+class S3Server:
+    """A real S3-protocol server process (moto's server mode) on loopback, and the environment that points
+    boto3 at it."""
+
+    process: subprocess.Popen
+    endpoint: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = S3Server(process, f"http://127.0.0.1:{port}")
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(server.endpoint, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=60, message="moto's S3 server starting")
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,231 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: text from the diffusion LM, whole or as SSE.
+
+Both endpoints stream from the decoupled ``dllm`` model, which answers one response per decoded block.
+Streaming sends one chunk per block. The first block is awaited before the response starts, so a request
+that fails before producing text gets a real HTTP status; later failures become an ``event: error``. A
+client that goes away closes the event iterator, which cancels the gRPC stream and so the Triton request:
+the model stops decoding between refinement steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from diffusion_runtime.params.text import TextLimits, TextParams, validate_text_params
+from openai_frontend import sse
+from openai_frontend.context import Ctx, FrontendContext
+from openai_frontend.errors import OpenAIError
+from openai_frontend.schemas.text import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Usage,
+)
+from openai_frontend.triton import ServedModel, cancel_on_disconnect
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+OUTPUTS = ["TEXT", "FINISH_REASON", "PROMPT_TOKENS", "COMPLETION_TOKENS"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One response of the model: the text of a decoded block; the last one also ends the answer."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+def _bytes(*values: str) -> np.ndarray:
+    return np.array([[v.encode("utf-8") for v in values]], dtype=np.object_)
+
+
+def text_inputs(params: TextParams) -> dict[str, np.ndarray]:
+    """The model's input tensors for one request (batch dimension 1)."""
+    inputs = {
+        "MAX_TOKENS": np.array([[params.max_tokens]], dtype=np.int32),
+        "TEMPERATURE": np.array([[params.temperature]], dtype=np.float32),
+        "SEED": np.array([[params.seed]], dtype=np.int64),
+        "BLOCK_LENGTH": np.array([[params.block_length]], dtype=np.int32),
+        "STEPS": np.array([[params.steps]], dtype=np.int32),
+        "THRESHOLD": np.array([[params.threshold]], dtype=np.float32),
+    }
+    if params.messages is not None:
+        inputs["MESSAGES"] = _bytes(json.dumps(params.message_dicts(), ensure_ascii=False))
+    else:
+        assert params.prompt is not None
+        inputs["PROMPT"] = _bytes(params.prompt)
+    if params.stop:
+        inputs["STOP"] = _bytes(*params.stop)
+    return inputs
+
+
+def _piece(outputs: dict[str, np.ndarray]) -> Piece:
+    def scalar(name: str) -> Any:
+        return outputs[name].reshape(-1)[0]
+
+    text = bytes(scalar("TEXT")).decode("utf-8")
+    if "FINISH_REASON" not in outputs:
+        return Piece(text)
+    prompt, completion = int(scalar("PROMPT_TOKENS")), int(scalar("COMPLETION_TOKENS"))
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Piece(text, bytes(scalar("FINISH_REASON")).decode(), usage)
+
+
+async def generate(ctx: FrontendContext, model: ServedModel, params: TextParams) -> AsyncIterator[Piece]:
+    """The model's responses as pieces; closing this iterator cancels the Triton request."""
+    stream = ctx.backend.stream(model, text_inputs(params), OUTPUTS, is_final=lambda o: "FINISH_REASON" in o)
+    async with aclosing(stream):
+        async for outputs in stream:
+            yield _piece(outputs)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Builds the response objects of one request, as chat or as text completion."""
+
+    chat: bool
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, chat: bool, model: str) -> Reply:
+        return cls(chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()), model)
+
+    def whole(self, text: str, last: Piece) -> ChatCompletion | Completion:
+        assert last.usage is not None
+        if self.chat:
+            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)
+            return ChatCompletion(
+                id=self.id, created=self.created, model=self.model, choices=[choice], usage=last.usage
+            )
+        choice = CompletionChoice(text=text, finish_reason=last.finish_reason)
+        return Completion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=last.usage)
+
+    def chunk(self, text: str | None = None, finish_reason: str | None = None, *, first: bool = False) -> str:
+        if self.chat:
+            delta = ChatDelta(role="assistant" if first else None, content=text)
+            choices = [ChatChunkChoice(delta=delta, finish_reason=finish_reason)]
+            return sse.data(self._chat_chunk(choices).model_dump(mode="json"))
+        choices = [CompletionChoice(text=text or "", finish_reason=finish_reason)]
+        return sse.data(self._completion(choices).model_dump(mode="json"))
+
+    def usage_chunk(self, usage: Usage) -> str:
+        """``stream_options.include_usage``: a last chunk with the usage and no choices."""
+        obj = self._chat_chunk([], usage) if self.chat else self._completion([], usage)
+        return sse.data(obj.model_dump(mode="json"))
+
+    def _chat_chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+    def _completion(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
+        return Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+
+async def _collect(pieces: AsyncIterator[Piece]) -> tuple[str, Piece]:
+    texts = []
+    async with aclosing(pieces):
+        async for piece in pieces:
+            texts.append(piece.text)
+            if piece.finish_reason is not None:
+                return "".join(texts), piece
+    raise OpenAIError(500, "the model's response stream ended without a finish reason")
+
+
+async def _events(
+    reply: Reply, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool, deadline: float
+) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    async with aclosing(pieces):
+        piece = first
+        try:
+            if reply.chat:
+                yield reply.chunk("", first=True)
+            while True:
+                if piece.text:
+                    yield reply.chunk(piece.text)
+                if piece.finish_reason is not None:
+                    break
+                piece = await asyncio.wait_for(anext(pieces), timeout=max(deadline - loop.time(), 0.0))
+        except OpenAIError as exc:
+            yield sse.error(exc.body())
+            return
+        except asyncio.TimeoutError:
+            yield sse.error(OpenAIError(504, "the generation did not finish in time", code="timeout").body())
+            return
+        except Exception as exc:
+            log.exception("text stream failed")
+            yield sse.error(OpenAIError(500, f"internal error: {type(exc).__name__}").body())
+            return
+        yield reply.chunk(finish_reason=piece.finish_reason)
+        if include_usage and piece.usage is not None:
+            yield reply.usage_chunk(piece.usage)
+        yield sse.DONE
+
+
+async def _respond(
+    body: ChatCompletionRequest | CompletionRequest, request: Request, ctx: FrontendContext
+) -> JSONResponse | sse.EventStreamResponse:
+    chat = isinstance(body, ChatCompletionRequest)
+    model = await ctx.backend.resolve(body.model, "text")
+    params = validate_text_params(
+        TextLimits.from_parameters(model.parameters),
+        messages=body.messages if chat else None,
+        prompt=None if chat else body.prompt,
+        max_tokens=body.answer_tokens if chat else body.max_tokens,
+        stop=body.stop,
+        temperature=body.temperature,
+        seed=body.knob("seed"),
+        block_length=body.knob("block_length"),
+        steps=body.knob("steps"),
+        threshold=body.knob("threshold"),
+        n=body.n,
+    )
+    reply = Reply.new(chat, model.id)
+    timeout = ctx.settings.request_timeout
+    pieces = generate(ctx, model, params)
+    if not body.stream:
+        text, last = await cancel_on_disconnect(request, _collect(pieces), timeout)
+        return JSONResponse(reply.whole(text, last).model_dump(mode="json"))
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:  # the first block before the headers: a failure before any text keeps its real status
+        first = await cancel_on_disconnect(request, anext(pieces), timeout)
+    except BaseException:
+        await pieces.aclose()
+        raise
+    return sse.EventStreamResponse(_events(reply, first, pieces, body.include_usage, deadline))
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, ctx: Ctx
+) -> JSONResponse | sse.EventStreamResponse:
+    return await _respond(body, request, ctx)
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest, request: Request, ctx: Ctx
+) -> JSONResponse | sse.EventStreamResponse:
+    return await _respond(body, request, ctx)
