@@ -278,11 +278,11 @@ class TritonServer:
 
 
 class Frontend:
-    """The OpenAI-compatible frontend as a subprocess."""
+    """The OpenAI-compatible frontend as a subprocess, in front of one or several tritonservers."""
 
     def __init__(
         self,
-        triton: TritonServer | str,
+        triton: TritonServer | str | Sequence[TritonServer | str],
         *,
         host: str = "127.0.0.1",
         port: int | None = None,
@@ -309,10 +309,12 @@ class Frontend:
 
     def start(self) -> Frontend:
         command = [sys.executable, "-m", "openai_frontend.main", "--host", self.host, "--port", str(self.port)]
-        if isinstance(self.triton, TritonServer):
-            command += ["--triton-url", self.triton.grpc_url, "--triton-metrics-url", self.triton.metrics_url]
-        else:
-            command += ["--triton-url", self.triton]
+        servers = [self.triton] if isinstance(self.triton, (TritonServer, str)) else list(self.triton)
+        for server in servers:
+            if isinstance(server, TritonServer):
+                command += ["--triton-url", server.grpc_url, "--triton-metrics-url", server.metrics_url]
+            else:
+                command += ["--triton-url", server]
         if self.fs_url:
             command += ["--fs-url", self.fs_url]
         if self.http_url:

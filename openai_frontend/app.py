@@ -26,7 +26,7 @@ def create_app(settings: FrontendSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, FrontendContext]]:
-        backend = TritonBackend(settings.triton_url, settings.triton_metrics_url)
+        backend = TritonBackend(settings.triton_urls, settings.triton_metrics_urls)
         store = VideoJobStore(Path(settings.state_dir) / "videos.sqlite3")
         jobs = VideoJobRunner(store, backend, storage, settings.max_pending_videos)
         ctx = FrontendContext(settings=settings, backend=backend, storage=storage, video_jobs=jobs, metrics=metrics)

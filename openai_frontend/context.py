@@ -15,8 +15,8 @@ from openai_frontend.video_jobs import VideoJobRunner
 
 @dataclass(frozen=True)
 class FrontendSettings:
-    triton_url: str = "127.0.0.1:8001"
-    triton_metrics_url: str | None = None
+    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    triton_metrics_urls: tuple[str | None, ...] = ()
     fs_url: str = "file:///tmp/triton-diffusion/media"
     http_url: str | None = None
     presign_expiry: int = 3600  # seconds a presigned S3 URL stays valid

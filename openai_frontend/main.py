@@ -22,8 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--triton-url", default="127.0.0.1:8001", help="tritonserver's gRPC address")
-    parser.add_argument("--triton-metrics-url", default=None, help="tritonserver's /metrics URL, re-exported")
+    parser.add_argument(
+        "--triton-url",
+        action="append",
+        help="a tritonserver's gRPC address (default 127.0.0.1:8001); give it several times to spread the load",
+    )
+    parser.add_argument(
+        "--triton-metrics-url", action="append", default=[], help="a tritonserver's /metrics URL, in the same order"
+    )
     parser.add_argument(
         "--fs-url", default="file://" + os.path.join(data_home(), "media"), help="where media is stored: file:///path"
     )
@@ -41,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = FrontendSettings(
-        triton_url=args.triton_url,
-        triton_metrics_url=args.triton_metrics_url,
+        triton_urls=tuple(args.triton_url or ["127.0.0.1:8001"]),
+        triton_metrics_urls=tuple(args.triton_metrics_url),
         fs_url=args.fs_url,
         http_url=args.http_url,
         presign_expiry=args.presign_expiry,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("image", "video", "text")
 _REFRESH_SECONDS = 5.0
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(.+)$")
 T = TypeVar("T")
 
 
@@ -63,39 +65,103 @@ def _served_model(name: str, config: Mapping[str, Any], loaded_at: int) -> Serve
     )
 
 
+def _server_unreachable(exc: InferenceServerException) -> bool:
+    """Errors that say the server (not the request) is the problem: try another server."""
+    status = str(exc.status() or "")
+    message = (exc.message() or "").lower()
+    return ("UNAVAILABLE" in status and "queue" not in message) or "failed to connect" in message
+
+
+def _queue_full(exc: InferenceServerException) -> bool:
+    return "queue" in (exc.message() or "").lower() and "UNAVAILABLE" in str(exc.status() or "")
+
+
+@dataclass
+class TritonEndpoint:
+    """One tritonserver. ``in_flight`` counts this frontend's open calls to it (the load-balancing signal);
+    after a connection failure the server is skipped until ``down_until``."""
+
+    url: str
+    metrics_url: str | None
+    client: grpcclient.InferenceServerClient
+    in_flight: int = 0
+    down_until: float = 0.0
+
+
 class TritonBackend:
-    def __init__(self, url: str, metrics_url: str | None = None) -> None:
-        self.url = url
-        self.metrics_url = metrics_url
-        self._client = grpcclient.InferenceServerClient(url=url)
+    """One or several tritonservers serving the same models. Each call goes to the least busy server that is
+    not marked down; a server that cannot be reached is marked down for ``retry_after`` seconds and the call
+    moves on to the next, so users see no error while another server can take the request."""
+
+    def __init__(self, urls: Sequence[str], metrics_urls: Sequence[str | None] = (), retry_after: float = 2.0) -> None:
+        if not urls:
+            raise ValueError("at least one Triton URL is needed")
+        metrics = list(metrics_urls) + [None] * (len(urls) - len(metrics_urls))
+        self.endpoints = [
+            TritonEndpoint(url, metrics_url, grpcclient.InferenceServerClient(url=url))
+            for url, metrics_url in zip(urls, metrics, strict=True)
+        ]
+        self.retry_after = retry_after
         self._models: dict[str, ServedModel] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._started = int(time.time())
+        self._turn = 0
 
     async def close(self) -> None:
-        await self._client.close()
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
+
+    def _order(self) -> list[TritonEndpoint]:
+        """Servers to try, best first: up before down, then fewest calls in flight, ties taken in turn."""
+        now = time.monotonic()
+        self._turn += 1
+        count = len(self.endpoints)
+        rotated = [self.endpoints[(self._turn + i) % count] for i in range(count)]
+        return sorted(rotated, key=lambda e: (e.down_until > now, e.in_flight))
+
+    async def _call(self, work: Callable[[grpcclient.InferenceServerClient], Awaitable[T]]) -> T:
+        last: InferenceServerException | None = None
+        for endpoint in self._order():
+            endpoint.in_flight += 1
+            try:
+                result = await work(endpoint.client)
+                endpoint.down_until = 0.0
+                return result
+            except InferenceServerException as exc:
+                last = exc
+                if _server_unreachable(exc):
+                    log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
+                    endpoint.down_until = time.monotonic() + self.retry_after
+                    continue
+                if _queue_full(exc):
+                    continue
+                raise from_triton_error(exc) from exc
+            finally:
+                endpoint.in_flight -= 1
+        assert last is not None
+        raise from_triton_error(last) from last
 
     async def _refresh(self) -> None:
-        index = await self._client.get_model_repository_index(as_json=True)
-        models: dict[str, ServedModel] = {}
-        for entry in index.get("models", []):
-            if entry.get("state") != "READY":
-                continue
-            config = (await self._client.get_model_config(entry["name"], as_json=True)).get("config", {})
-            served = _served_model(entry["name"], config, self._started)
-            if served is not None:
-                models[served.id] = served
-        self._models = models
+        async def fetch(client: grpcclient.InferenceServerClient) -> dict[str, ServedModel]:
+            index = await client.get_model_repository_index(as_json=True)
+            models: dict[str, ServedModel] = {}
+            for entry in index.get("models", []):
+                if entry.get("state") != "READY":
+                    continue
+                config = (await client.get_model_config(entry["name"], as_json=True)).get("config", {})
+                served = _served_model(entry["name"], config, self._started)
+                if served is not None:
+                    models[served.id] = served
+            return models
+
+        self._models = await self._call(fetch)
         self._fetched_at = time.monotonic()
 
     async def models(self, *, max_age: float = _REFRESH_SECONDS) -> list[ServedModel]:
         async with self._lock:
             if time.monotonic() - self._fetched_at > max_age:
-                try:
-                    await self._refresh()
-                except InferenceServerException as exc:
-                    raise OpenAIError(503, f"the inference server is unavailable: {exc.message()}") from exc
+                await self._refresh()
         return list(self._models.values())
 
     async def resolve(self, model_id: str | None, task: str) -> ServedModel:
@@ -117,17 +183,27 @@ class TritonBackend:
             code="model_not_found",
         )
 
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when Triton is and every model it lists is loaded, with at least one served."""
+    async def _server_readiness(self, endpoint: TritonEndpoint) -> tuple[bool, dict[str, Any]]:
         try:
-            if not await self._client.is_server_ready():
-                return False, {"triton": "not ready"}
-            index = await self._client.get_model_repository_index(as_json=True)
+            if not await endpoint.client.is_server_ready():
+                return False, {"status": "not ready"}
+            index = await endpoint.client.get_model_repository_index(as_json=True)
         except InferenceServerException as exc:
-            return False, {"triton": f"unreachable: {exc.message()}"}
+            return False, {"status": f"unreachable: {exc.message()}"}
         states = {m["name"]: m.get("state", "UNKNOWN") for m in index.get("models", [])}
-        ready = bool(states) and all(state == "READY" for state in states.values())
-        return ready, {"triton": "ready", "models": states}
+        return bool(states) and all(state == "READY" for state in states.values()), {
+            "status": "ready",
+            "models": states,
+        }
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when at least one Triton is ready with every model it lists loaded."""
+        results = await asyncio.gather(*(self._server_readiness(e) for e in self.endpoints))
+        ready = any(ok for ok, _ in results)
+        if len(self.endpoints) == 1:
+            detail = results[0][1]
+            return ready, {"triton": detail["status"], "models": detail.get("models", {})}
+        return ready, {"triton": {e.url: detail for e, (_, detail) in zip(self.endpoints, results, strict=True)}}
 
     @staticmethod
     def _tensors(inputs: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
@@ -146,7 +222,8 @@ class TritonBackend:
         is_final: Callable[[dict[str, np.ndarray]], bool],
     ) -> AsyncIterator[dict[str, np.ndarray]]:
         """Responses of a decoupled model, until one ``is_final`` says ends the stream. Closing the iterator
-        early (the consumer was cancelled) cancels the gRPC stream, which Triton reports to the model."""
+        early (the consumer was cancelled) cancels the gRPC stream, which Triton reports to the model. A server
+        that fails before its first response is skipped like in ``infer``."""
 
         async def request() -> AsyncIterator[dict[str, Any]]:
             yield {
@@ -155,11 +232,24 @@ class TritonBackend:
                 "outputs": [grpcclient.InferRequestedOutput(name) for name in outputs],
             }
 
-        responses = self._client.stream_infer(request())
+        async def first_response(client: grpcclient.InferenceServerClient):
+            responses = client.stream_infer(request())
+            try:
+                result, error = await responses.__anext__()
+            except StopAsyncIteration:
+                responses.cancel()
+                raise OpenAIError(500, "the model's response stream ended without a response") from None
+            except BaseException:
+                responses.cancel()
+                raise
+            if error is not None:
+                responses.cancel()
+                raise error
+            return responses, result
+
+        responses, result = await self._call(first_response)
         try:
-            async for result, error in responses:
-                if error is not None:
-                    raise from_triton_error(error)
+            while True:
                 present = {}
                 for name in outputs:
                     value = result.as_numpy(name)
@@ -168,7 +258,12 @@ class TritonBackend:
                 yield present
                 if is_final(present):
                     return
-            raise OpenAIError(500, "the model's response stream ended without a final response")
+                try:
+                    result, error = await responses.__anext__()
+                except StopAsyncIteration:
+                    raise OpenAIError(500, "the model's response stream ended without a final response") from None
+                if error is not None:
+                    raise from_triton_error(error)
         except InferenceServerException as exc:
             raise from_triton_error(exc) from exc
         finally:
@@ -178,21 +273,54 @@ class TritonBackend:
         self, model: ServedModel, inputs: Mapping[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-        try:
-            result = await self._client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
-        except InferenceServerException as exc:
-            raise from_triton_error(exc) from exc
+
+        async def call(client: grpcclient.InferenceServerClient):
+            return await client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
+
+        result = await self._call(call)
         return {name: result.as_numpy(name) for name in outputs}
 
     async def metrics_text(self) -> str:
-        if not self.metrics_url:
-            return ""
-        try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                response = await client.get(self.metrics_url)
-            return response.text if response.status_code == 200 else ""
-        except httpx.HTTPError:
-            return ""
+        """Each server's Prometheus text; with several servers every sample gets a ``triton`` label."""
+        urls = [e.metrics_url for e in self.endpoints]
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            texts = await asyncio.gather(*(_fetch_text(client, url) for url in urls))
+        if len(self.endpoints) == 1:
+            return texts[0]
+        return _label_samples([(e.url, text) for e, text in zip(self.endpoints, texts, strict=True) if text])
+
+
+async def _fetch_text(client: httpx.AsyncClient, url: str | None) -> str:
+    if not url:
+        return ""
+    try:
+        response = await client.get(url)
+        return response.text if response.status_code == 200 else ""
+    except httpx.HTTPError:
+        return ""
+
+
+def _label_samples(texts: list[tuple[str, str]]) -> str:
+    """Merge several servers' exposition text: HELP/TYPE once per family, a ``triton`` label on samples."""
+    seen_meta: set[str] = set()
+    lines: list[str] = []
+    for server, text in texts:
+        label = f'triton="{server}"'
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                if line not in seen_meta:
+                    seen_meta.add(line)
+                    lines.append(line)
+                continue
+            match = _SAMPLE.match(line)
+            if not match:
+                continue
+            name, labels, value = match.groups()
+            merged = f"{label},{labels[1:-1]}" if labels and labels != "{}" else label
+            lines.append(f"{name}{{{merged}}} {value}")
+    return "\n".join(lines) + "\n"
 
 
 async def _wait_for_disconnect(request: Request) -> None:

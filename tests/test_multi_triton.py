@@ -1,0 +1,83 @@
+"""Several tritonservers behind one frontend: load spreads, a dead server is skipped, a revived one is used."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from diffusion_runtime.serve import Frontend, TritonServer, render_repository
+from tests.conftest import metric_value, tiny_image_spec, wait_for
+
+BODY = {"model": "tiny-flux", "prompt": "x", "size": "64x64", "response_format": "b64_json", "num_inference_steps": 1}
+
+
+def served(server: TritonServer) -> float:
+    try:
+        text = httpx.get(server.metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return 0.0
+    return metric_value(text, "nv_inference_request_success", model="image_diffusion")
+
+
+@pytest.fixture
+def two_servers(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[tuple[list[TritonServer], Frontend, Path]]:
+    repository = render_repository([tiny_image_spec(tiny_models, "diffusers")], tmp_path / "repo", gpus=[])
+    servers = [
+        TritonServer(repository, log_file=tmp_path / f"triton{i}.log", env={"HF_HUB_OFFLINE": "1"}) for i in range(2)
+    ]
+    frontend = Frontend(
+        servers,
+        fs_url=f"file://{tmp_path}/media",
+        log_file=tmp_path / "frontend.log",
+        extra_args=("--state-dir", str(tmp_path / "state")),
+    )
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        frontend.start().wait_ready()
+        yield servers, frontend, repository
+    finally:
+        frontend.stop()
+        for server in servers:
+            server.stop()
+
+
+def test_requests_spread_survive_a_dead_server_and_return_to_a_revived_one(two_servers) -> None:
+    servers, frontend, repository = two_servers
+    with httpx.Client(base_url=frontend.url, timeout=120) as http:
+        for _ in range(6):
+            assert http.post("/v1/images/generations", json=BODY).status_code == 200
+        assert served(servers[0]) > 0 and served(servers[1]) > 0, "both servers took work"
+
+        dead = servers[1]
+        os.killpg(dead.process.pid, signal.SIGKILL)
+        dead.process.wait(30)
+        statuses = [http.post("/v1/images/generations", json=BODY).status_code for _ in range(6)]
+        assert statuses == [200] * 6, "no user-visible error while the other server can serve"
+        ready = http.get("/health/ready").json()
+        assert ready["triton"][servers[0].grpc_url]["status"] == "ready"
+        assert ready["triton"][dead.grpc_url]["status"].startswith("unreachable")
+
+        revived = TritonServer(
+            repository,
+            http_port=dead.http_port,
+            grpc_port=dead.grpc_port,
+            metrics_port=dead.metrics_port,
+            log_file=dead.log_file,
+            env={"HF_HUB_OFFLINE": "1"},
+        )
+        servers[1] = revived
+        revived.start().wait_ready()
+
+        def revived_takes_work() -> bool:
+            assert http.post("/v1/images/generations", json=BODY).status_code == 200
+            return served(revived) > 0
+
+        wait_for(revived_takes_work, timeout=60, interval=0.1, message="the revived server taking requests")
