@@ -110,6 +110,33 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     instances_per_gpu: int = 1
     source: Path | None = None  # a model folder outside model_repository/ (tests' helper models)
+    gpus_per_instance: int = 1  # >1: each instance spans that many GPUs (SGLang sequence/tensor parallel)
+
+
+def gpu_set_group_name(gpus: Sequence[int]) -> str:
+    """Instance-group name that carries a multi-GPU instance's devices (``triton_io`` reads it back)."""
+    return "gpus-" + "-".join(str(g) for g in gpus)
+
+
+def _place_instances(config, spec: ModelSpec, gpus: Sequence[int], mc) -> None:
+    """One instance group over the selected GPUs (Triton pins each instance to one of them); for multi-GPU
+    instances, one ``KIND_MODEL`` group per GPU set, named after its GPUs; ``KIND_CPU`` on hosts without GPUs."""
+    del config.instance_group[:]
+    if not gpus:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instances_per_gpu)
+        return
+    size = spec.gpus_per_instance
+    if size <= 1:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.instances_per_gpu, gpus=gpus)
+        return
+    if len(gpus) % size:
+        raise ValueError(f"{len(gpus)} GPUs cannot be split into instances of {size} GPUs each")
+    for start in range(0, len(gpus), size):
+        chunk = list(gpus[start : start + size])
+        config.instance_group.add(
+            name=gpu_set_group_name(chunk), kind=mc.ModelInstanceGroup.KIND_MODEL, count=spec.instances_per_gpu
+        )
+    config.parameters["num_gpus"].string_value = str(size)
 
 
 def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Sequence[int]) -> Path:
@@ -127,14 +154,7 @@ def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Seque
         config.name = spec.triton_name  # one source folder may be served under several names
         for key, value in spec.parameters.items():
             config.parameters[key].string_value = value
-        del config.instance_group[:]
-        group = config.instance_group.add()
-        group.count = spec.instances_per_gpu
-        if gpus:
-            group.kind = mc.ModelInstanceGroup.KIND_GPU
-            group.gpus.extend(gpus)
-        else:
-            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        _place_instances(config, spec, gpus, mc)
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
     return destination
 

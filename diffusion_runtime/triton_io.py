@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
+
+_GPU_SET = re.compile(r"gpus-(\d+(?:-\d+)*)")
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
@@ -30,16 +33,20 @@ def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
 
 
 def pin_instance_device(args: Mapping[str, str]) -> str:
-    """Make this stub see only its own GPU, before anything initialises CUDA (Triton does not do it, and
-    SGLang ignores ``base_gpu_id``). Returns the torch device string the engine should use."""
-    if args.get("model_instance_kind") != "GPU":
+    """Make this stub see only its own GPUs, before anything initialises CUDA (Triton does not do it, and
+    SGLang ignores ``base_gpu_id``). A ``KIND_GPU`` instance gets Triton's device id; a multi-GPU instance is a
+    ``KIND_MODEL`` instance whose group is named after its GPUs (``gpus-0-1``, see ``serve.render_repository``).
+    Indices are those of the server's own ``CUDA_VISIBLE_DEVICES`` when it has one. Returns the torch device."""
+    kind = args.get("model_instance_kind")
+    if kind == "GPU":
+        wanted = [int(args.get("model_instance_device_id", "0"))]
+    elif kind == "MODEL" and (match := _GPU_SET.search(args.get("model_instance_name", ""))):
+        wanted = [int(g) for g in match.group(1).split("-")]
+    else:
         return "cpu"
-    device_id = args.get("model_instance_device_id", "0")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        ids = [v.strip() for v in visible.split(",") if v.strip()]
-        device_id = ids[int(device_id)] if int(device_id) < len(ids) else device_id
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(device_id)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    devices = [visible[i] if i < len(visible) else str(i) for i in wanted]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     return "cuda:0"
 
 

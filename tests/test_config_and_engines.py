@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from diffusion_runtime.engines.base import EngineConfig
 from diffusion_runtime.engines.sglang_engine import generator_kwargs
 from diffusion_runtime.serve import REPOSITORY, ModelSpec, render_repository
-from diffusion_runtime.triton_io import model_parameters
+from diffusion_runtime.triton_io import model_parameters, pin_instance_device
 
 
 def load(path: Path) -> mc.ModelConfig:
@@ -81,3 +82,44 @@ def test_sglang_generator_kwargs() -> None:
         "sleep_on_idle": True,
         "tp_size": 2,
     }
+
+
+def test_multi_gpu_rendering_places_instances_per_gpu_or_per_gpu_set(tmp_path: Path) -> None:
+    per_gpu = ModelSpec("image_diffusion", {}, instances_per_gpu=1)
+    config = load(render_repository([per_gpu], tmp_path / "a", gpus=[0, 1, 2, 3]) / "image_diffusion" / "config.pbtxt")
+    assert [(g.kind, list(g.gpus), g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, [0, 1, 2, 3], 1)
+    ]
+    spanning = ModelSpec("image_diffusion", {}, gpus_per_instance=2)
+    config = load(render_repository([spanning], tmp_path / "b", gpus=[0, 1, 2, 3]) / "image_diffusion" / "config.pbtxt")
+    assert [(g.name, g.kind, g.count) for g in config.instance_group] == [
+        ("gpus-0-1", mc.ModelInstanceGroup.KIND_MODEL, 1),
+        ("gpus-2-3", mc.ModelInstanceGroup.KIND_MODEL, 1),
+    ]
+    assert config.parameters["num_gpus"].string_value == "2"
+    with pytest.raises(ValueError, match="cannot be split"):
+        render_repository([spanning], tmp_path / "c", gpus=[0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("args", "visible", "expected"),
+    [
+        ({"model_instance_kind": "GPU", "model_instance_device_id": "1"}, None, "1"),
+        ({"model_instance_kind": "GPU", "model_instance_device_id": "1"}, "4,5,6", "5"),
+        ({"model_instance_kind": "MODEL", "model_instance_name": "gpus-2-3_0"}, None, "2,3"),
+        ({"model_instance_kind": "MODEL", "model_instance_name": "gpus-0-1_0"}, "6,7", "6,7"),
+    ],
+)
+def test_each_instance_pins_its_own_gpus(monkeypatch: pytest.MonkeyPatch, args, visible, expected) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert pin_instance_device(args) == "cuda:0"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
+
+
+def test_cpu_instances_touch_no_gpu_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pin_instance_device({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
