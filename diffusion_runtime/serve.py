@@ -377,8 +377,24 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
             parameters.update(model_path=str(ensure_tiny_model(slot.tiny_model)), served_model_name=slot.tiny_model)
         else:
             parameters.update(model_path=model, served_model_name=getattr(args, f"{slot.flag}_served_name") or model)
-        specs.append(ModelSpec(slot.triton_name, parameters, args.instances, REPOSITORY / slot.source))
+        parameters.update(_slot_overrides(args.param, slot.flag))
+        specs.append(
+            ModelSpec(slot.triton_name, parameters, args.instances, REPOSITORY / slot.source, args.gpus_per_instance)
+        )
     return specs
+
+
+def _slot_overrides(assignments: Sequence[str], flag: str) -> dict[str, str]:
+    """``--param video.sglang_args={"tp_size":2}`` → the parameters for one slot."""
+    overrides = {}
+    for assignment in assignments:
+        target, sep, value = assignment.partition("=")
+        slot, dot, key = target.partition(".")
+        if not sep or not dot or not key:
+            raise SystemExit(f"--param wants SLOT.KEY=VALUE, got {assignment!r}")
+        if slot == flag:
+            overrides[key] = value
+    return overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{slot.flag}-served-name", default=None, help="OpenAI model id (default: the model)")
     parser.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: all; none on CPU hosts)")
     parser.add_argument("--instances", type=int, default=1, help="model instances per GPU (or on the CPU)")
+    parser.add_argument(
+        "--gpus-per-instance", type=int, default=1, help="GPUs one instance spans (SGLang parallelism, e.g. Wan 14B: 2)"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="SLOT.KEY=VALUE",
+        help=f"set a config.pbtxt parameter of one model (slots: {', '.join(s.flag for s in SLOTS)})",
+    )
     parser.add_argument("--triton-http-port", type=int, default=None)
     parser.add_argument("--triton-grpc-port", type=int, default=None)
     parser.add_argument("--triton-metrics-port", type=int, default=None)
@@ -411,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    flags = {slot.flag for slot in SLOTS}
+    for assignment in args.param:
+        if assignment.partition(".")[0] not in flags:
+            raise SystemExit(f"--param {assignment!r}: the slot must be one of {', '.join(sorted(flags))}")
     unknown = set(args.kinds) - set(KINDS)
     if unknown:
         raise SystemExit(f"unknown kind(s): {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
