@@ -1,0 +1,34 @@
+# The product on NVIDIA's Triton image: tritonserver comes from the base image (so the serve command uses it
+# instead of the embedded one), the project and SGLang's diffusion stack are installed with pip.
+#   docker build -t triton-diffusion .
+#   docker run --gpus all -p 8000:8000 -v $HOME/.cache/huggingface:/root/.cache/huggingface triton-diffusion \
+#       --image-model black-forest-labs/FLUX.1-dev
+# Any scripts/serve.sh option can follow the image name; the launch presets work too:
+#   docker run ... --entrypoint python3 triton-diffusion -m diffusion_runtime.launch t2v launch --wan-size 14b
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.10-py3
+FROM ${TRITON_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    XDG_DATA_HOME=/var/lib \
+    TD_HOME=/var/cache/triton-diffusion \
+    PYTHONPATH=/opt/triton-diffusion
+
+WORKDIR /opt/triton-diffusion
+COPY requirements.txt .
+# The embedded-Triton and test-only packages are not needed here: the image brings its own tritonserver.
+RUN grep -v -E '^(nvidia-pytriton|nvidia-cuda-runtime-cu12|pytest|pytest-timeout|moto|ruff)' requirements.txt \
+        > requirements-image.txt \
+    && python3 -m pip install -r requirements-image.txt
+
+COPY diffusion_runtime diffusion_runtime
+COPY openai_frontend openai_frontend
+COPY model_repository model_repository
+COPY scripts scripts
+
+# Media and video job records live here; mount a volume to keep them.
+VOLUME ["/var/lib/triton-diffusion"]
+EXPOSE 8000
+ENTRYPOINT ["python3", "-m", "diffusion_runtime.serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD []
