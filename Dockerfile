@@ -1,8 +1,9 @@
 # The product on NVIDIA's Triton image: tritonserver comes from the base image (so the serve command uses it
 # instead of the embedded one), the project and SGLang's diffusion stack are installed with pip.
 #   docker build -t triton-diffusion .
-#   docker run --gpus all -p 8000:8000 -v $HOME/.cache/huggingface:/root/.cache/huggingface triton-diffusion \
-#       --image-model black-forest-labs/FLUX.1-dev
+#   docker run --gpus all -p 8000:8000 -e TRITON_DIFFUSION_API_KEYS=secret \
+#       -v $HOME/.cache/huggingface:/root/.cache/huggingface triton-diffusion --image-model black-forest-labs/FLUX.1-dev
+# The API binds 0.0.0.0 inside the container, so it demands API keys (or --no-auth to allow anyone).
 # Any scripts/serve.sh option can follow the image name; the launch presets work too:
 #   docker run ... --entrypoint python3 triton-diffusion -m diffusion_runtime.launch t2v launch --wan-size 14b
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.10-py3

@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="frontend port (default 8000)")
     parser.add_argument("--fs-url", default=None, help="media storage: file:///path (default under ~/.local/share)")
     parser.add_argument("--http-url", default=None, help="public base URL serving the stored media")
+    parser.add_argument("--api-key", action="append", default=[], help="API key clients must send (repeatable)")
+    parser.add_argument("--no-auth", action="store_true", help="allow a non-loopback --host without API keys")
     parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--state-dir", default=None, help="video job records (default under ~/.local/share)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds to serve, comma separated ({','.join(KINDS)})")
@@ -460,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--request-timeout", str(args.request_timeout), "--presign-expiry", str(args.presign_expiry)]
     if args.state_dir:
         extra += ["--state-dir", args.state_dir]
+    for key in args.api_key:
+        extra += ["--api-key", key]
+    if args.no_auth:
+        extra.append("--no-auth")
     frontend = Frontend(
         triton, host=args.host, port=args.port, fs_url=args.fs_url, http_url=args.http_url, extra_args=extra
     )

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
 from openai_frontend.routers import completions, images, media, models, observability, videos
+from openai_frontend.security import ApiKeyMiddleware, BodyLimitMiddleware
 from openai_frontend.storage import open_storage
 from openai_frontend.triton import TritonBackend
 from openai_frontend.video_jobs import VideoJobRunner, VideoJobStore
@@ -39,6 +40,8 @@ def create_app(settings: FrontendSettings) -> FastAPI:
 
     app = FastAPI(title="Triton diffusion: OpenAI-compatible API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     for module in (models, completions, images, videos, media, observability):
         app.include_router(module.router)
 

@@ -24,6 +24,8 @@ class FrontendSettings:
     state_dir: str = "/tmp/triton-diffusion/state"  # video job records (SQLite)
     video_poll_ms: int = 1000  # what openai-poll-after-ms tells pollers while a video is pending
     max_pending_videos: int = 64  # per model, queued or running; more is refused with 429
+    api_keys: tuple[str, ...] = ()  # empty: no authentication (allowed only on loopback, see main)
+    max_body_bytes: int = 32 * 1024 * 1024
 
 
 class FrontendMetrics:

@@ -10,6 +10,7 @@ import uvicorn
 
 from openai_frontend.app import create_app
 from openai_frontend.context import FrontendSettings
+from openai_frontend.security import is_loopback
 from openai_frontend.storage import StorageUnavailable
 
 
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=os.path.join(data_home(), "state"), help="video job records")
     parser.add_argument("--video-poll-ms", type=int, default=1000, help="openai-poll-after-ms for pending videos")
     parser.add_argument("--max-pending-videos", type=int, default=64, help="queued or running videos per model")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accept this key as 'Authorization: Bearer <key>' (repeatable; also TRITON_DIFFUSION_API_KEYS, comma "
+        "separated). Required when binding a non-loopback address, unless --no-auth",
+    )
+    parser.add_argument("--no-auth", action="store_true", help="serve a non-loopback address without API keys")
+    parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted")
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -46,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = tuple(args.api_key) + tuple(
+        k.strip() for k in os.environ.get("TRITON_DIFFUSION_API_KEYS", "").split(",") if k.strip()
+    )
+    if not keys and not args.no_auth and not is_loopback(args.host):
+        raise SystemExit(
+            f"error: binding {args.host} exposes the API beyond this machine: give --api-key (or "
+            "TRITON_DIFFUSION_API_KEYS), or --no-auth to allow anyone"
+        )
     settings = FrontendSettings(
         triton_urls=tuple(args.triton_url or ["127.0.0.1:8001"]),
         triton_metrics_urls=tuple(args.triton_metrics_url),
@@ -56,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir,
         video_poll_ms=args.video_poll_ms,
         max_pending_videos=args.max_pending_videos,
+        api_keys=keys,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
     try:
         app = create_app(settings)
