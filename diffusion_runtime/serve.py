@@ -111,6 +111,7 @@ class ModelSpec:
     instances_per_gpu: int = 1
     source: Path | None = None  # a model folder outside model_repository/ (tests' helper models)
     gpus_per_instance: int = 1  # >1: each instance spans that many GPUs (SGLang sequence/tensor parallel)
+    max_queue_size: int | None = None  # requests Triton holds waiting per model; beyond it they are refused
 
 
 def gpu_set_group_name(gpus: Sequence[int]) -> str:
@@ -155,6 +156,8 @@ def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Seque
         for key, value in spec.parameters.items():
             config.parameters[key].string_value = value
         _place_instances(config, spec, gpus, mc)
+        if spec.max_queue_size is not None:
+            config.dynamic_batching.default_queue_policy.max_queue_size = spec.max_queue_size
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
     return destination
 
@@ -379,7 +382,14 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
             parameters.update(model_path=model, served_model_name=getattr(args, f"{slot.flag}_served_name") or model)
         parameters.update(_slot_overrides(args.param, slot.flag))
         specs.append(
-            ModelSpec(slot.triton_name, parameters, args.instances, REPOSITORY / slot.source, args.gpus_per_instance)
+            ModelSpec(
+                slot.triton_name,
+                parameters,
+                args.instances,
+                REPOSITORY / slot.source,
+                args.gpus_per_instance,
+                args.max_queue_size,
+            )
         )
     return specs
 
@@ -420,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instances", type=int, default=1, help="model instances per GPU (or on the CPU)")
     parser.add_argument(
         "--gpus-per-instance", type=int, default=1, help="GPUs one instance spans (SGLang parallelism, e.g. Wan 14B: 2)"
+    )
+    parser.add_argument(
+        "--max-queue-size", type=int, default=None, help="requests each model queues before refusing (HTTP 429)"
     )
     parser.add_argument(
         "--param",
