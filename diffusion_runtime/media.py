@@ -8,9 +8,16 @@ generation on an H100), JPEG/WebP take OpenAI's ``output_compression`` as their 
 from __future__ import annotations
 
 import io
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from diffusion_runtime.errors import InvalidRequest
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
 DEFAULT_PNG_COMPRESS_LEVEL = 1
@@ -65,3 +72,120 @@ def decode_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image.convert("RGB")
+
+
+# --- videos --------------------------------------------------------------------------------------------------
+
+
+def to_uint8_video(frames: np.ndarray) -> np.ndarray:
+    """Accept a float video in [0, 1] or a uint8 one, THWC; return contiguous uint8 THWC RGB."""
+    arr = np.asarray(frames)
+    if arr.ndim != 4:
+        raise ValueError(f"expected a THWC video, got shape {arr.shape}")
+    return np.stack([to_uint8_hwc(frame) for frame in arr]) if len(arr) else arr.astype(np.uint8)
+
+
+def encode_mp4(frames: np.ndarray, fps: int, crf: int = 18) -> bytes:
+    """Encode uint8 THWC RGB frames as MP4 (H.264, yuv420p, ``+faststart`` so players can start before the
+    whole file arrives), at exactly ``fps``. ``crf`` is x264's constant rate factor (lower: better, bigger).
+
+    ffmpeg writes MP4 to a seekable file (the index goes first only after a second pass), so it goes through a
+    temporary file. yuv420p halves chroma resolution, hence even sizes only; nothing is rescaled silently.
+    """
+    import imageio_ffmpeg
+
+    video = to_uint8_video(frames)
+    count, height, width = video.shape[:3]
+    if count == 0:
+        raise ValueError("a video needs at least one frame")
+    if width % 2 or height % 2:
+        raise ValueError(f"H.264 yuv420p needs an even width and height, got {width}x{height}")
+    with tempfile.TemporaryDirectory(prefix="mp4-") as folder:
+        path = os.path.join(folder, "video.mp4")
+        writer = imageio_ffmpeg.write_frames(
+            path,
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            quality=None,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            output_params=["-crf", str(crf), "-movflags", "+faststart", "-map_metadata", "-1", "-fflags", "+bitexact"],
+        )
+        writer.send(None)  # start ffmpeg
+        try:
+            for frame in video:
+                writer.send(frame)
+        finally:
+            writer.close()
+        with open(path, "rb") as file:
+            return file.read()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a decoder sees in a video file."""
+
+    frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str
+    pix_fmt: str
+
+
+def probe_mp4(data: bytes) -> VideoInfo:
+    """Decode every frame of a video file with imageio-ffmpeg's ffmpeg and report what it saw (exact frame count).
+
+    ffmpeg runs through ``subprocess.run`` rather than imageio-ffmpeg's reader: the reader starts ffmpeg with a
+    ``preexec_fn``, i.e. a full ``fork()``, and in a process with live gRPC threads (a Triton client, the
+    frontend) gRPC's fork handlers sometimes write into the child's stderr before ``exec``, and the reader then
+    fails to parse ffmpeg's header (observed: 2 calls in 200). Without ``preexec_fn`` Python spawns with
+    ``vfork``, which runs no fork handlers.
+    """
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory(prefix="mp4-") as folder:
+        path = os.path.join(folder, "video.mp4")
+        with open(path, "wb") as file:
+            file.write(data)
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path]
+        completed = subprocess.run(
+            [*command, "-map", "0:v:0", "-f", "null", "-"], capture_output=True, text=True, timeout=600
+        )
+    if completed.returncode != 0:
+        raise ValueError(f"ffmpeg could not decode the video: {completed.stderr[-2000:]}")
+    stream = _VIDEO_STREAM.search(completed.stderr)
+    counts = _FRAME_COUNT.findall(completed.stderr)
+    if stream is None or not counts:
+        raise ValueError(f"no video stream in the file: {completed.stderr[-2000:]}")
+    codec, pix_fmt, width, height, fps = stream.groups()
+    return VideoInfo(int(counts[-1]), int(width), int(height), float(fps), codec, pix_fmt)
+
+
+_VIDEO_STREAM = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\w+)(?:\([^)]*\))?, (\d+)x(\d+)[^\n]*?, ([\d.]+) fps")
+_FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
+
+
+# --- conditioning images -------------------------------------------------------------------------------------
+
+
+def decode_input_image(data: bytes, param: str) -> Image.Image:
+    """An uploaded conditioning image as RGB, or ``InvalidRequest`` naming ``param`` when it is not a whole,
+    readable PNG, JPEG or WebP (Pillow raises several types for a bad file; the user only needs to know which)."""
+    if sniff_image_format(data) is None:
+        raise InvalidRequest(f"{param} is not a PNG, JPEG or WebP image", param)
+    try:
+        return decode_image(data)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(f"{param} could not be decoded: {exc}", param) from exc
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale ``image`` to cover ``width``x``height`` and crop the centre: the output keeps the requested size
+    without distorting the picture (pipelines would otherwise stretch it to the new aspect ratio)."""
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)

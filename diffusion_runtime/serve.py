@@ -42,7 +42,7 @@ class ServedSlot:
     tiny_model: str
     engines: tuple[str, ...]
     parameters: Mapping[str, str] = field(default_factory=dict)
-    tiny_parameters: Mapping[str, str] = field(default_factory=dict)
+    tiny_parameters: Mapping[str, str] = field(default_factory=dict)  # also: the engine ``auto`` means for it
 
 
 SLOTS = tuple(
@@ -75,7 +75,16 @@ SLOTS = tuple(
             ("auto", "sglang", "diffusers"),
             parameters={"video_mode": "i2v"},
         ),
-        ServedSlot("dllm", "text", "dllm", "dllm", "tiny-llada", ("auto", "sglang", "transformers")),
+        # SGLang's dLLM path loads only LLaDA2/SDAR architectures, not the tiny masked LM.
+        ServedSlot(
+            "dllm",
+            "text",
+            "dllm",
+            "dllm",
+            "tiny-llada",
+            ("auto", "sglang", "transformers"),
+            tiny_parameters={"engine": "transformers"},
+        ),
     )
     if (REPOSITORY / slot.source / "config.pbtxt").exists()  # a kind is offered once its model exists
 )
@@ -376,7 +385,10 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
         model = getattr(args, f"{slot.flag}_model")
         parameters = {**slot.parameters, "engine": getattr(args, f"{slot.flag}_engine")}
         if model is None:
-            parameters.update(slot.tiny_parameters)
+            tiny = dict(slot.tiny_parameters)
+            if parameters["engine"] != "auto":  # an engine asked for by name wins over the tiny model's choice
+                tiny.pop("engine", None)
+            parameters.update(tiny)
             parameters.update(model_path=str(ensure_tiny_model(slot.tiny_model)), served_model_name=slot.tiny_model)
         else:
             parameters.update(model_path=model, served_model_name=getattr(args, f"{slot.flag}_served_name") or model)

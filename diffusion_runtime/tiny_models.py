@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when any builder changes what it writes.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 TINY_MODELS: tuple[str, ...] = ("tiny-flux", "tiny-wan-t2v", "tiny-wan-i2v", "tiny-llada")
 
@@ -468,7 +468,7 @@ def _wan_transformer(*, image_to_video: bool) -> Any:
             "num_layers": 2,
             "cross_attn_norm": True,
             "qk_norm": "rms_norm_across_heads",
-            "rope_max_seq_len": 32,
+            "rope_max_seq_len": 1024,  # as Wan2.1: positions for up to 1024 latent patches per axis
             **i2v,
         }
     )

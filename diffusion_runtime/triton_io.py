@@ -93,10 +93,17 @@ def cancellation_check(request: Any) -> Callable[[int, int], None]:
     return on_step
 
 
+def invalid_argument_message(exc: InvalidRequest) -> str:
+    """Inside a decoupled stream Triton drops the error code and keeps only the message, so the message itself
+    says it is the caller's fault (and which field): ``invalid argument [seed]: ...``. The frontend reads it back
+    (``openai_frontend.errors.from_triton_error``)."""
+    return f"invalid argument [{exc.param}]: {exc.message}" if exc.param else f"invalid argument: {exc.message}"
+
+
 def error_for(pb_utils: Any, exc: BaseException) -> Any:
     """One mapping from our exceptions to Triton error codes (INVALID_ARG → HTTP 400 / gRPC INVALID_ARGUMENT)."""
     if isinstance(exc, InvalidRequest):
-        return pb_utils.TritonError(exc.message, pb_utils.TritonError.INVALID_ARG)
+        return pb_utils.TritonError(invalid_argument_message(exc), pb_utils.TritonError.INVALID_ARG)
     if isinstance(exc, GenerationCancelled):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,9 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout",
 }
+
+
+_INVALID_ARGUMENT = re.compile(r"invalid argument(?: \[(\w+)\])?: (.*)$", re.DOTALL)
 
 
 class OpenAIError(Exception):
@@ -73,6 +77,8 @@ def from_triton_error(exc: Exception) -> OpenAIError:
     """Map a ``tritonclient`` exception (gRPC status + message) to the status a client should see."""
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = getattr(exc, "message", lambda: str(exc))() or str(exc)
+    if marked := _INVALID_ARGUMENT.search(message):  # the model's mark survives streams, where codes do not
+        return OpenAIError(400, marked.group(2), param=marked.group(1), code="invalid_value")
     if "INVALID_ARG" in status:
         return OpenAIError(400, message, code="invalid_value")
     if "NOT_FOUND" in status:

@@ -2,8 +2,9 @@
 
 Every event ends with a blank line (the SDK drops a last event without one); a stream ends with
 ``data: [DONE]``; a failure after the stream has started is ``event: error`` with an OpenAI error body (the SDK
-raises it, AIPerf counts it as a failed request); keepalives may only be ``:`` comments (an ``event:`` line
-without JSON data crashes the SDK). Nothing is compressed or buffered: each event is sent as it is made.
+raises it, AIPerf counts it as a failed request). No keepalives are sent: each decoded block is an event, and
+the first is awaited before the response starts (were they ever needed, only ``:`` comments are safe; an
+``event:`` line without JSON data crashes the SDK). Nothing is compressed or buffered.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ def data(payload: Any) -> str:
 def error(body: dict[str, Any]) -> str:
     """A mid-stream failure: ``body`` is OpenAI's ``{"error": {...}}``."""
     return f"event: error\n{data(body)}"
-
-
-def comment(text: str = "keepalive") -> str:
-    return f": {text}\n\n"
 
 
 class EventStreamResponse(StreamingResponse):

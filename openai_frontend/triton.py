@@ -237,17 +237,16 @@ class TritonBackend:
             try:
                 result, error = await responses.__anext__()
             except StopAsyncIteration:
-                responses.cancel()
                 raise OpenAIError(500, "the model's response stream ended without a response") from None
-            except BaseException:
+            except BaseException:  # no answer yet (server down, or our caller gave up): stop the request
                 responses.cancel()
                 raise
-            if error is not None:
-                responses.cancel()
+            if error is not None:  # the model's error response ends its request: nothing to cancel
                 raise error
             return responses, result
 
         responses, result = await self._call(first_response)
+        complete = False  # once the model has ended the request, cancelling would only pin it in Triton
         try:
             while True:
                 present = {}
@@ -255,19 +254,24 @@ class TritonBackend:
                     value = result.as_numpy(name)
                     if value is not None:
                         present[name] = value
-                yield present
                 if is_final(present):
+                    complete = True
+                yield present
+                if complete:
                     return
                 try:
                     result, error = await responses.__anext__()
                 except StopAsyncIteration:
+                    complete = True
                     raise OpenAIError(500, "the model's response stream ended without a final response") from None
                 if error is not None:
+                    complete = True
                     raise from_triton_error(error)
         except InferenceServerException as exc:
             raise from_triton_error(exc) from exc
         finally:
-            responses.cancel()  # a no-op for Triton once the final response was sent
+            if not complete:  # the consumer left early (client gone, job deleted): Triton tells the model
+                responses.cancel()
 
     async def infer(
         self, model: ServedModel, inputs: Mapping[str, np.ndarray], outputs: list[str]

@@ -7,15 +7,20 @@ imports, diffusers otherwise, because SGLang's native path computes in bf16 on C
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from diffusion_runtime.params import ImageParams
+from diffusion_runtime.errors import EngineFailure
+from diffusion_runtime.params import ImageParams, VideoParams
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +97,46 @@ class ImageEngine(Protocol):
     def close(self) -> None: ...
 
 
-def create_image_engine(config: EngineConfig) -> ImageEngine:
+class VideoEngine(Protocol):
+    """Text (and, for image-to-video checkpoints, a conditioning image) to one video: uint8 ``[T, H, W, 3]``
+    with ``params.num_frames`` frames of ``params.height`` x ``params.width``. ``image`` is None for text to
+    video; for image to video it is already fitted to the requested size."""
+
+    name: str
+
+    def generate(self, params: VideoParams, image: Image.Image | None, on_step: StepHook) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def check_video(frames: np.ndarray, params: VideoParams) -> np.ndarray:
+    """Engines swallow or bend requests in ways that would otherwise surface as a wrong file: check the shape."""
+    expected = (params.num_frames, params.height, params.width, 3)
+    if frames.shape != expected:
+        raise EngineFailure(f"the engine returned a video of shape {frames.shape}, expected {expected}")
+    return frames
+
+
+# (engine, kind) -> (module under diffusion_runtime.engines, class); imported lazily so only the chosen
+# library loads in a stub.
+_IMPLEMENTATIONS = {
+    ("sglang", "image"): ("sglang_engine", "SGLangImageEngine"),
+    ("sglang", "video"): ("sglang_engine", "SGLangVideoEngine"),
+    ("diffusers", "image"): ("diffusers_engine", "DiffusersImageEngine"),
+    ("diffusers", "video"): ("diffusers_engine", "DiffusersVideoEngine"),
+}
+
+
+def _create(config: EngineConfig, kind: str) -> Any:
     engine = config.resolved_engine()
-    log.info("image engine %s for %s on %s", engine, config.model_path, config.device)
-    if engine == "sglang":
-        from diffusion_runtime.engines.sglang_engine import SGLangImageEngine
+    log.info("%s engine %s for %s on %s", kind, engine, config.model_path, config.device)
+    module, cls = _IMPLEMENTATIONS[engine, kind]
+    return getattr(importlib.import_module(f"diffusion_runtime.engines.{module}"), cls)(config)
 
-        return SGLangImageEngine(config)
-    from diffusion_runtime.engines.diffusers_engine import DiffusersImageEngine
 
-    return DiffusersImageEngine(config)
+def create_image_engine(config: EngineConfig) -> ImageEngine:
+    return _create(config, "image")
+
+
+def create_video_engine(config: EngineConfig) -> VideoEngine:
+    return _create(config, "video")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import inspect
 import logging
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffusion_runtime.engines.base import EngineConfig, StepHook
+from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
 from diffusion_runtime.errors import EngineFailure
-from diffusion_runtime.media import to_uint8_hwc
-from diffusion_runtime.params import ImageParams
+from diffusion_runtime.media import to_uint8_hwc, to_uint8_video
+from diffusion_runtime.params import ImageParams, VideoParams
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,10 @@ def step_callback(on_step: StepHook, total: int):
     return callback
 
 
-class DiffusersImageEngine:
+class _DiffusersEngine:
+    """What every diffusers engine does around the pipeline call: load once, report step 0 (so a request
+    cancelled while queued stops before any work), step callbacks, seeds, and options the pipeline lacks."""
+
     name = "diffusers"
 
     def __init__(self, config: EngineConfig) -> None:
@@ -52,28 +59,73 @@ class DiffusersImageEngine:
         self.pipe = load_pipeline(config)
         self._call_params = set(inspect.signature(self.pipe.__call__).parameters)
 
-    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
+    def _run(
+        self,
+        on_step: StepHook,
+        *,
+        steps: int,
+        seeds: list[int],
+        negative_prompt: str | None,
+        **kwargs: Any,
+    ) -> Any:
         import torch
 
-        on_step(0, params.num_inference_steps)  # a request cancelled while queued stops before any work
-        kwargs = dict(
+        on_step(0, steps)
+        kwargs.update(
+            num_inference_steps=steps,
+            generator=seeded_generators(seeds),
+            output_type="np",
+            callback_on_step_end=step_callback(on_step, steps),
+        )
+        if negative_prompt and "negative_prompt" in self._call_params:
+            kwargs["negative_prompt"] = negative_prompt
+        with torch.inference_mode():
+            return self.pipe(**kwargs)
+
+    def close(self) -> None:
+        self.pipe = None
+
+
+class DiffusersImageEngine(_DiffusersEngine):
+    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
+        images = self._run(
+            on_step,
+            steps=params.num_inference_steps,
+            seeds=params.seeds,
+            negative_prompt=params.negative_prompt,
             prompt=params.prompt,
             height=params.height,
             width=params.width,
-            num_inference_steps=params.num_inference_steps,
             guidance_scale=params.guidance_scale,
             num_images_per_prompt=params.n,
-            generator=seeded_generators(params.seeds),
-            output_type="np",
-            callback_on_step_end=step_callback(on_step, params.num_inference_steps),
-        )
-        if params.negative_prompt and "negative_prompt" in self._call_params:
-            kwargs["negative_prompt"] = params.negative_prompt
-        with torch.inference_mode():
-            images = self.pipe(**kwargs).images
+        ).images
         if len(images) != params.n:
             raise EngineFailure(f"the pipeline returned {len(images)} images, {params.n} were asked for")
         return [to_uint8_hwc(image) for image in images]
 
-    def close(self) -> None:
-        self.pipe = None
+
+class DiffusersVideoEngine(_DiffusersEngine):
+    """Wan-class text-to-video (``WanPipeline``) or image-to-video (``WanImageToVideoPipeline``): which one is
+    the checkpoint's ``model_index.json`` choice, through ``DiffusionPipeline``."""
+
+    def generate(self, params: VideoParams, image: Image.Image | None, on_step: StepHook) -> np.ndarray:
+        extra: dict[str, Any] = {}
+        if image is not None:
+            if "image" not in self._call_params:
+                raise EngineFailure(f"{type(self.pipe).__name__} does not take an input image (a text-to-video model)")
+            extra["image"] = image
+        videos = self._run(
+            on_step,
+            steps=params.num_inference_steps,
+            seeds=[params.seed],
+            negative_prompt=params.negative_prompt,
+            prompt=params.prompt,
+            height=params.height,
+            width=params.width,
+            num_frames=params.num_frames,
+            guidance_scale=params.guidance_scale,
+            **extra,
+        ).frames
+        if len(videos) != 1:
+            raise EngineFailure(f"the pipeline returned {len(videos)} videos for one request")
+        return check_video(to_uint8_video(videos[0]), params)

@@ -4,22 +4,31 @@ What SGLang does not give us, and how it is made up for here:
 - ``num_outputs_per_prompt > 1`` returns nothing with SGLang's diffusers backend, so ``n`` images are ``n``
   calls with seeds ``seed, seed+1, ...`` — the same seeds-per-image rule as the diffusers engine.
 - Failures are logged and swallowed (``generate`` returns None or fewer results), so counts are checked.
-- The denoising loop runs in SGLang's worker process with no step callback, so cancellation is honoured
-  before each image rather than between steps.
+- The denoising loop runs in SGLang's worker process with no step callback and no way to abort a request, so
+  cancellation is honoured before each generation rather than between steps, and progress moves per
+  generation, not per step. (``sglang serve`` does get per-step progress, but only from its native pipeline
+  stages, for requests flagged ``report_progress`` that ``DiffGenerator`` never sets, over an IPC socket tied
+  to its HTTP port; the diffusers backend reports nothing at all. Not a seam to build on.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffusion_runtime.engines.base import EngineConfig, StepHook
+from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
 from diffusion_runtime.errors import EngineFailure
 from diffusion_runtime.media import to_uint8_hwc
-from diffusion_runtime.params import ImageParams
+from diffusion_runtime.params import ImageParams, VideoParams
+from diffusion_runtime.serve import free_port
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +54,31 @@ def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
     return kwargs
 
 
-def first_frame(result: Any) -> np.ndarray:
-    """An image from a ``GenerationResult``: ``frames`` is a list of HWC arrays, ``samples`` HWC or THWC."""
+def result_frames(result: Any) -> np.ndarray:
+    """The pixels of a ``GenerationResult`` as uint8 ``[T, H, W, 3]`` (an image is one frame): ``frames`` is a
+    list of HWC arrays; ``samples`` is HWC, THWC or a batch of those."""
     frames = getattr(result, "frames", None)
     if frames is not None and len(frames) > 0:
-        return to_uint8_hwc(np.asarray(frames[0]))
+        return np.stack([to_uint8_hwc(np.asarray(frame)) for frame in frames])
     samples = getattr(result, "samples", None)
     if samples is None:
         raise EngineFailure("SGLang returned a result without pixels")
     array = np.asarray(samples.cpu() if hasattr(samples, "cpu") else samples)
-    while array.ndim > 3:
+    if array.ndim == 3:
+        array = array[None]
+    while array.ndim > 4:
         array = array[0]
-    return to_uint8_hwc(array)
+    return np.stack([to_uint8_hwc(frame) for frame in array])
 
 
-class SGLangImageEngine:
+def first_frame(result: Any) -> np.ndarray:
+    """An image from a ``GenerationResult``."""
+    return result_frames(result)[0]
+
+
+class _SGLangEngine:
+    """One ``DiffGenerator`` per stub, and one checked result per call."""
+
     name = "sglang"
 
     def __init__(self, config: EngineConfig) -> None:
@@ -67,42 +86,74 @@ class SGLangImageEngine:
 
         self.config = config
         kwargs = generator_kwargs(config)
+        # Several generators start at once in one tritonserver (two SGLang models, or instance_group count > 1),
+        # and SGLang picks its ports from fixed defaults (HTTP 30000, torch.distributed master 30005, scheduler
+        # 5555 + 0..100) and checks them before binding, so concurrent starts collide (observed: EADDRINUSE on
+        # 30005, and both schedulers on 5628). Give each generator its own free ports unless sglang_args sets them.
+        for key in ("port", "master_port", "scheduler_port"):
+            kwargs.setdefault(key, free_port())
         log.info("starting SGLang DiffGenerator: %s", kwargs)
         self.generator = DiffGenerator.from_pretrained(**kwargs)
 
-    def _one(self, params: ImageParams, seed: int) -> np.ndarray:
-        sampling: dict[str, Any] = {
-            "prompt": params.prompt,
-            "height": params.height,
-            "width": params.width,
-            "num_inference_steps": params.num_inference_steps,
-            "guidance_scale": params.guidance_scale,
-            "seed": seed,
-            "num_outputs_per_prompt": 1,
-            "save_output": False,
-            "return_frames": True,
-        }
-        if params.negative_prompt:
-            sampling["negative_prompt"] = params.negative_prompt
+    def _generate_one(self, sampling: dict[str, Any]) -> Any:
+        """One output, with pixels returned in memory rather than written to SGLang's output folder."""
+        sampling = {**sampling, "num_outputs_per_prompt": 1, "save_output": False, "return_frames": True}
         result = self.generator.generate(sampling_params_kwargs=sampling)
         if isinstance(result, list):
             if len(result) != 1:
-                raise EngineFailure(f"SGLang returned {len(result)} results for one image")
+                raise EngineFailure(f"SGLang returned {len(result)} results for one output")
             result = result[0]
         if result is None:
             raise EngineFailure("SGLang generated nothing (its error is in the tritonserver log)")
-        return first_frame(result)
-
-    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
-        steps = params.num_inference_steps
-        images = []
-        for index, seed in enumerate(params.seeds):
-            on_step(index * steps, params.n * steps)
-            images.append(self._one(params, seed))
-        on_step(params.n * steps, params.n * steps)
-        return images
+        return result
 
     def close(self) -> None:
         generator, self.generator = getattr(self, "generator", None), None
         if generator is not None:
             generator.shutdown()
+
+
+def _sampling(params: ImageParams | VideoParams, seed: int) -> dict[str, Any]:
+    sampling: dict[str, Any] = {
+        "prompt": params.prompt,
+        "height": params.height,
+        "width": params.width,
+        "num_inference_steps": params.num_inference_steps,
+        "guidance_scale": params.guidance_scale,
+        "seed": seed,
+    }
+    if params.negative_prompt:
+        sampling["negative_prompt"] = params.negative_prompt
+    return sampling
+
+
+class SGLangImageEngine(_SGLangEngine):
+    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
+        steps = params.num_inference_steps
+        images = []
+        for index, seed in enumerate(params.seeds):
+            on_step(index * steps, params.n * steps)
+            images.append(first_frame(self._generate_one(_sampling(params, seed))))
+        on_step(params.n * steps, params.n * steps)
+        return images
+
+
+class SGLangVideoEngine(_SGLangEngine):
+    """Wan-class video through ``DiffGenerator``. Progress is reported at the start (``0/steps``, which is also
+    where a cancelled request stops) and at the end (``steps/steps``) only: see the module docstring.
+
+    On CPU, Wan needs ``sglang_backend=diffusers`` (SGLang's native Wan wants sgl-kernel CPU ops that PyPI's
+    wheels lack); no ``model_id`` is needed: SGLang reads the pipeline class from ``model_index.json``."""
+
+    def generate(self, params: VideoParams, image: Image.Image | None, on_step: StepHook) -> np.ndarray:
+        steps = params.num_inference_steps
+        on_step(0, steps)
+        sampling = {**_sampling(params, params.seed), "num_frames": params.num_frames, "fps": params.fps}
+        with tempfile.TemporaryDirectory(prefix="i2v-") as folder:
+            if image is not None:
+                # SGLang's scheduler runs in another process and takes the image by path.
+                sampling["image_path"] = os.path.join(folder, "input.png")
+                image.save(sampling["image_path"], format="PNG", compress_level=1)
+            frames = result_frames(self._generate_one(sampling))
+        on_step(steps, steps)
+        return check_video(frames, params)

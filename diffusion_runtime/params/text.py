@@ -77,23 +77,23 @@ class TextParams:
         return [{"role": m.role, "content": m.content} for m in self.messages or ()]
 
 
-def _content_text(content: object, param: str, role: str) -> str:
+def _content_text(content: object, where: str, role: str) -> str:
     """A message's content: a string, or OpenAI's list of ``{"type": "text", "text": ...}`` parts (joined by
-    newlines). An assistant turn that only called tools has no content."""
+    newlines). An assistant turn that only called tools has no content. ``where`` names it in errors."""
     if content is None and role == "assistant":
         return ""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise InvalidRequest(f"{param} must be a string or a list of text parts", param)
+        raise InvalidRequest(f"{where} must be a string or a list of text parts", "messages")
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, Mapping) or part.get("type") != "text":
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            raise InvalidRequest(f"{param}[{j}]: this model reads text only, got a part of type {kind!r}", param)
+            raise InvalidRequest(f"{where}[{j}]: this model reads text only, got a part of type {kind!r}", "messages")
         text = part.get("text")
         if not isinstance(text, str):
-            raise InvalidRequest(f"{param}[{j}].text must be a string", param)
+            raise InvalidRequest(f"{where}[{j}].text must be a string", "messages")
         texts.append(text)
     return "\n".join(texts)
 

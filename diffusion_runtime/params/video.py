@@ -142,3 +142,16 @@ def validate_video_params(
         guidance_scale=guidance,
         seed=check_seed(seed),
     )
+
+
+VIDEO_MODES = ("t2v", "i2v")
+
+
+def check_video_mode(mode: str, has_image: bool, model: str = "this model") -> None:
+    """t2v models refuse a conditioning image; i2v models need one."""
+    if mode not in VIDEO_MODES:
+        raise ValueError(f"video_mode must be one of {VIDEO_MODES}, got {mode!r}")
+    if mode == "i2v" and not has_image:
+        raise InvalidRequest(f"{model} makes videos from an image: send input_reference", "input_reference")
+    if mode == "t2v" and has_image:
+        raise InvalidRequest(f"{model} makes videos from text only; it takes no input_reference", "input_reference")

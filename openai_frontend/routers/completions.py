@@ -153,6 +153,15 @@ async def _collect(pieces: AsyncIterator[Piece]) -> tuple[str, Piece]:
     raise OpenAIError(500, "the model's response stream ended without a finish reason")
 
 
+async def _first(pieces: AsyncIterator[Piece]) -> Piece:
+    """The first piece; if that fails or is cancelled, the stream is closed (so the Triton request too)."""
+    try:
+        return await anext(pieces)
+    except BaseException:
+        await pieces.aclose()
+        raise
+
+
 async def _events(
     reply: Reply, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool, deadline: float
 ) -> AsyncIterator[str]:
@@ -209,11 +218,8 @@ async def _respond(
         text, last = await cancel_on_disconnect(request, _collect(pieces), timeout)
         return JSONResponse(reply.whole(text, last).model_dump(mode="json"))
     deadline = asyncio.get_running_loop().time() + timeout
-    try:  # the first block before the headers: a failure before any text keeps its real status
-        first = await cancel_on_disconnect(request, anext(pieces), timeout)
-    except BaseException:
-        await pieces.aclose()
-        raise
+    # The first block before the headers: a failure before any text keeps its real status.
+    first = await cancel_on_disconnect(request, _first(pieces), timeout)
     return sse.EventStreamResponse(_events(reply, first, pieces, body.include_usage, deadline))
 
 

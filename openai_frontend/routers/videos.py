@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from diffusion_runtime.media import decode_image, sniff_image_format
+from diffusion_runtime.media import decode_input_image
 from diffusion_runtime.params import VideoParams, parse_size, validate_video_params
+from diffusion_runtime.params.video import check_video_mode
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError, invalid
 from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
@@ -100,15 +101,6 @@ def _decode_data_url(value: str) -> bytes:
         raise invalid("input_reference must be an image file, a data URL or base64", "input_reference") from exc
 
 
-def _check_image(image: bytes) -> None:
-    if sniff_image_format(image) is None:
-        raise invalid("input_reference is not a PNG, JPEG or WebP image", "input_reference")
-    try:
-        decode_image(image)
-    except Exception as exc:
-        raise invalid(f"input_reference could not be decoded: {exc}", "input_reference") from exc
-
-
 def _seconds_label(body: VideoCreateRequest, params: VideoParams) -> str:
     if body.seconds is not None:
         return str(body.seconds).strip() if isinstance(body.seconds, str) else f"{body.seconds:g}"
@@ -131,17 +123,11 @@ async def _validated(body: VideoCreateRequest, image: bytes | None, model: Serve
         guidance_scale=body.knob("guidance_scale"),
         seed=body.knob("seed"),
     )
-    mode = model.parameters.get("video_mode", "t2v")
-    if image is None and mode == "i2v":
-        raise invalid(f"the model '{model.id}' makes videos from an image: send input_reference", "input_reference")
+    check_video_mode(model.parameters.get("video_mode", "t2v"), image is not None, f"the model '{model.id}'")
     if image is not None:
-        if mode != "i2v":
-            raise invalid(
-                f"the model '{model.id}' makes videos from text only; it takes no input_reference", "input_reference"
-            )
         if len(image) > MAX_UPLOAD_BYTES:
             raise OpenAIError(413, f"input_reference is larger than {MAX_UPLOAD_BYTES} bytes", param="input_reference")
-        await asyncio.to_thread(_check_image, image)
+        await asyncio.to_thread(decode_input_image, image, "input_reference")
     return params
 
 

@@ -1,0 +1,106 @@
+"""Triton glue for diffusion-LM text generation (decoupled): tensors in, engine deltas out as responses.
+
+Each request is decoded to the end inside ``execute`` (one request at a time per instance; queued requests
+wait in Triton's bounded queue). Every decoded block becomes one response carrying the new ``TEXT``; the
+last also carries the finish reason and token counts, and the FINAL flag (the aio gRPC client ignores an
+empty final response, so FINAL goes on the last real one). Errors become an error response with FINAL; a
+request Triton marks cancelled stops between refinement steps and counts as ``GenerationCancelled``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from diffusion_runtime.dllm import TextDelta, TextEngineConfig, create_text_engine
+from diffusion_runtime.errors import EngineFailure, InvalidRequest
+from diffusion_runtime.params.text import TextLimits, validate_text_params
+from diffusion_runtime.triton_io import (
+    ModelMetrics,
+    cancellation_check,
+    error_for,
+    model_parameters,
+    pin_instance_device,
+    read_scalars,
+)
+
+INPUTS = {
+    "PROMPT": "prompt",
+    "MESSAGES": "messages",
+    "MAX_TOKENS": "max_tokens",
+    "TEMPERATURE": "temperature",
+    "SEED": "seed",
+    "BLOCK_LENGTH": "block_length",
+    "STEPS": "steps",
+    "THRESHOLD": "threshold",
+}
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def read_stop(request) -> str | list[str] | None:
+    """``STOP``: a list of strings, or one string holding a JSON list (for clients that send one tensor)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "STOP")
+    if tensor is None or tensor.as_numpy().size == 0:
+        return None
+    try:
+        values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("input STOP is not valid UTF-8", "stop") from exc
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except ValueError:
+            pass  # a stop string that merely starts with "["
+    return values
+
+
+def _response(delta: TextDelta):
+    """Outputs carry the request's batch dimension of 1; only the last response has the summary."""
+    tensors = [pb_utils.Tensor("TEXT", np.array([[delta.text.encode("utf-8")]], dtype=np.object_))]
+    if delta.finish_reason is not None:
+        tensors += [
+            pb_utils.Tensor("FINISH_REASON", np.array([[delta.finish_reason.encode()]], dtype=np.object_)),
+            pb_utils.Tensor("PROMPT_TOKENS", np.array([[delta.prompt_tokens]], dtype=np.int32)),
+            pb_utils.Tensor("COMPLETION_TOKENS", np.array([[delta.completion_tokens]], dtype=np.int32)),
+        ]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        device = pin_instance_device(args)
+        parameters = model_parameters(args)
+        self.limits = TextLimits.from_parameters(parameters)
+        self.engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
+        self.metrics = ModelMetrics(pb_utils, args["model_name"])
+
+    def _generate(self, request, sender) -> None:
+        params = validate_text_params(self.limits, stop=read_stop(request), **read_scalars(pb_utils, request, INPUTS))
+        start = time.perf_counter()
+        try:
+            for delta in self.engine.generate(params, cancellation_check(request)):
+                if delta.finish_reason is not None:
+                    self.metrics.steps(delta.steps)
+                    sender.send(_response(delta), flags=FINAL)
+                    return
+                sender.send(_response(delta))
+        finally:
+            self.metrics.seconds("denoise", time.perf_counter() - start)
+        raise EngineFailure("the engine stopped without a finish reason")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self._generate(request, sender)
+                self.metrics.request("success")
+            except Exception as exc:  # one bad request never takes the others (or the stub) down
+                self.metrics.request(type(exc).__name__)
+                sender.send(pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), flags=FINAL)
+        return None
+
+    def finalize(self):
+        self.engine.close()

@@ -1,0 +1,143 @@
+"""Triton glue for text-to-video and image-to-video: tensors in, one engine call, a stream of responses out.
+
+Decoupled: each request gets a non-final ``PROGRESS`` response per denoising step (``[done, total]``), then one
+final response with the MP4. Denoising runs in ``execute``; the MP4 is encoded and the final response sent from
+a worker thread, so ``execute`` returns and the instance starts the next request while the last one encodes.
+Every failure, cancellation included, ends the request's stream with an error response; the stub survives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+from diffusion_runtime.engines import EngineConfig, StepHook, create_video_engine
+from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
+from diffusion_runtime.media import decode_input_image, encode_mp4, fit_image
+from diffusion_runtime.params import VideoLimits, VideoParams, validate_video_params
+from diffusion_runtime.params.video import check_video_mode
+from diffusion_runtime.triton_io import (
+    ModelMetrics,
+    cancellation_check,
+    error_for,
+    model_parameters,
+    pin_instance_device,
+    read_bytes,
+    read_scalars,
+)
+
+log = logging.getLogger("video_generation")
+
+INPUTS = {
+    "PROMPT": "prompt",
+    "NEGATIVE_PROMPT": "negative_prompt",
+    "HEIGHT": "height",
+    "WIDTH": "width",
+    "SECONDS": "seconds",
+    "NUM_FRAMES": "num_frames",
+    "FPS": "fps",
+    "NUM_INFERENCE_STEPS": "num_inference_steps",
+    "GUIDANCE_SCALE": "guidance_scale",
+    "SEED": "seed",
+}
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        device = pin_instance_device(args)
+        parameters = model_parameters(args)
+        self.mode = (parameters.get("video_mode") or "t2v").lower()
+        check_video_mode(self.mode, self.mode == "i2v")  # an unknown mode stops the model from loading
+        self.limits = VideoLimits.from_parameters(parameters)
+        self.crf = int(parameters.get("mp4_crf") or 18)
+        self.engine = create_video_engine(EngineConfig.from_parameters(parameters, device))
+        self.encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+        self.metrics = ModelMetrics(pb_utils, args["model_name"])
+
+    def execute(self, requests):
+        for request in requests:
+            self._generate(request, request.get_response_sender())
+        return None
+
+    def finalize(self):
+        self.encoder.shutdown(wait=True)
+        self.engine.close()
+
+    def _generate(self, request, sender) -> None:
+        try:
+            params = validate_video_params(self.limits, **read_scalars(pb_utils, request, INPUTS))
+            image = self._input_image(read_bytes(pb_utils, request, "INPUT_IMAGE"), params)
+            progress = StepProgress(request, sender)
+            start = time.perf_counter()
+            try:
+                frames = self.engine.generate(params, image, progress)
+            finally:  # a cancelled request's steps were real work too: keep steps/s honest
+                elapsed = time.perf_counter() - start
+                self.metrics.seconds("denoise", elapsed)
+                self.metrics.steps(progress.done)
+            self.encoder.submit(self._finish, request, sender, params, frames, elapsed)
+        except Exception as exc:  # one bad request never takes the stub down
+            self._fail(sender, exc)
+
+    def _input_image(self, data: bytes | None, params: VideoParams) -> Image.Image | None:
+        """The conditioning image an i2v model needs, fitted to the requested size."""
+        check_video_mode(self.mode, bool(data), "this model")
+        if not data:
+            return None
+        return fit_image(decode_input_image(data, "input_reference"), params.width, params.height)
+
+    def _finish(self, request, sender, params: VideoParams, frames: np.ndarray, elapsed: float) -> None:
+        """On the encode thread: MP4, then the final response (or the error that stopped it)."""
+        try:
+            if request.is_cancelled():  # nobody is waiting for the file: spare the CPU
+                raise GenerationCancelled("cancelled by the client before encoding")
+            start = time.perf_counter()
+            video = encode_mp4(frames, params.fps, self.crf)
+            self.metrics.seconds("encode", time.perf_counter() - start)
+            total = params.num_inference_steps
+            outputs = [
+                _tensor("PROGRESS", [total, total], np.int32),
+                pb_utils.Tensor("VIDEO", np.array([video], dtype=np.object_)),
+                _tensor("SEED", [params.seed], np.int64),
+                _tensor("NUM_FRAMES", [len(frames)], np.int32),
+                _tensor("INFERENCE_TIME_S", [elapsed], np.float32),
+            ]
+            sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=FINAL)
+            self.metrics.request("success")
+        except Exception as exc:
+            self._fail(sender, exc)
+
+    def _fail(self, sender, exc: BaseException) -> None:
+        self.metrics.request(type(exc).__name__)
+        if not isinstance(exc, (InvalidRequest, GenerationCancelled)):
+            log.error("video generation failed", exc_info=exc)
+        try:
+            sender.send(pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), flags=FINAL)
+        except Exception:  # the stream is gone (e.g. cancelled): nothing left to tell
+            log.warning("could not send the error response for %s: %s", type(exc).__name__, exc)
+
+
+def _tensor(name: str, values: list[Any], dtype: type) -> Any:
+    return pb_utils.Tensor(name, np.array(values, dtype=dtype))
+
+
+class StepProgress:
+    """The engine's step hook: stop if the client cancelled, else stream ``[done, total]``; remembers how far
+    the engine got."""
+
+    def __init__(self, request, sender) -> None:
+        self._check_cancelled: StepHook = cancellation_check(request)
+        self._sender = sender
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        self._check_cancelled(done, total)
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=[_tensor("PROGRESS", [done, total], np.int32)]))

@@ -1,0 +1,117 @@
+"""The SGLang text engine's mapping of our settings and requests to SGLang's arguments, and of SGLang's
+streamed chunks back to ours. SGLang's diffusion-LM path needs CUDA, so no engine runs here; where sglang
+imports, the argument names are checked against its own ``ServerArgs``, ``SamplingParams`` and
+``GenerateReqInput`` so a rename upstream fails this test rather than a deployment."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+
+from diffusion_runtime.dllm import TextEngineConfig
+from diffusion_runtime.dllm.sglang_engine import chunk_delta, engine_kwargs, finish_reason, sampling_params
+from diffusion_runtime.errors import EngineFailure
+from diffusion_runtime.params.text import TextLimits, validate_text_params
+
+PARAMETERS = {
+    "model_path": "inclusionAI/LLaDA2.0-mini-preview",
+    "engine": "sglang",
+    "dtype": "bfloat16",
+    "num_gpus": "2",
+    "dllm_algorithm": "JointThreshold",
+    "dllm_algorithm_config": "/etc/dllm/joint.yaml",
+    "max_running_requests": "32",
+    "sglang_args": '{"mem_fraction_static": 0.8}',
+}
+
+
+def test_engine_kwargs_from_config_parameters() -> None:
+    config = TextEngineConfig.from_parameters(PARAMETERS, "cuda:0")
+    assert engine_kwargs(config) == {
+        "model_path": "inclusionAI/LLaDA2.0-mini-preview",
+        "dllm_algorithm": "JointThreshold",
+        "dllm_algorithm_config": "/etc/dllm/joint.yaml",
+        "trust_remote_code": True,
+        "tp_size": 2,
+        "dtype": "bfloat16",
+        "max_running_requests": 32,
+        "incremental_streaming_output": True,
+        "mem_fraction_static": 0.8,
+    }
+
+
+def test_engine_kwargs_defaults_leave_sglang_its_own() -> None:
+    config = TextEngineConfig.from_parameters({"model_path": "/m", "engine": "sglang"}, "cuda:0")
+    assert engine_kwargs(config) == {
+        "model_path": "/m",
+        "dllm_algorithm": "LowConfidence",
+        "trust_remote_code": True,
+        "tp_size": 1,
+        "incremental_streaming_output": True,
+    }
+
+
+def test_engine_choice() -> None:
+    assert TextEngineConfig(model_path="m", engine="auto", device="cpu").resolved_engine() == "transformers"
+    assert TextEngineConfig(model_path="m", engine="sglang", device="cpu").resolved_engine() == "sglang"
+    with pytest.raises(ValueError):
+        TextEngineConfig.from_parameters({"engine": "diffusers"}, "cpu")
+    with pytest.raises(ValueError):
+        engine_kwargs(TextEngineConfig(model_path="m", sglang_args="[1]"))
+
+
+def test_sampling_params_from_a_request() -> None:
+    params = validate_text_params(
+        TextLimits(),
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=512,
+        temperature=0.7,
+        seed=42,
+        stop=["\n\n", "END"],
+        block_length=64,  # SGLang fixes block size in its YAML; not a sampling parameter
+    )
+    assert sampling_params(params) == {
+        "max_new_tokens": 512,
+        "temperature": 0.7,
+        "sampling_seed": 42,
+        "stop": ["\n\n", "END"],
+    }
+    no_stop = validate_text_params(TextLimits(), prompt="p", max_tokens=8, seed=1)
+    assert sampling_params(no_stop) == {"max_new_tokens": 8, "temperature": 0.0, "sampling_seed": 1}
+
+
+def test_streamed_chunks_become_deltas() -> None:
+    middle = chunk_delta({"text": "Hello", "meta_info": {"finish_reason": None, "prompt_tokens": 9}})
+    assert (middle.text, middle.finish_reason) == ("Hello", None)
+    last = chunk_delta(
+        {
+            "text": " there",
+            "meta_info": {
+                "finish_reason": {"type": "length", "length": 64},
+                "prompt_tokens": 9,
+                "completion_tokens": 64,
+            },
+        }
+    )
+    assert (last.text, last.finish_reason, last.prompt_tokens, last.completion_tokens) == (" there", "length", 9, 64)
+    assert finish_reason({"finish_reason": {"type": "stop", "matched": "END"}}) == "stop"
+    assert finish_reason({"finish_reason": {"type": "stop", "matched": 2}}) == "stop"
+    with pytest.raises(EngineFailure, match="aborted"):
+        finish_reason({"finish_reason": {"type": "abort", "message": "out of memory"}})
+
+
+def test_argument_names_exist_in_sglang() -> None:
+    pytest.importorskip("sglang")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sglang.srt.managers.io_struct import GenerateReqInput
+        from sglang.srt.sampling.sampling_params import SamplingParams
+        from sglang.srt.server_args import ServerArgs
+
+    config = TextEngineConfig.from_parameters({**PARAMETERS, "sglang_args": ""}, "cuda:0")
+    assert set(engine_kwargs(config)) <= set(ServerArgs.__struct_fields__)
+    params = validate_text_params(TextLimits(), prompt="p", stop="x")
+    assert set(sampling_params(params)) <= set(SamplingParams.__struct_fields__)
+    assert {"input_ids", "sampling_params", "stream", "rid"} <= {f.name for f in dataclasses.fields(GenerateReqInput)}
