@@ -10,8 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from diffusion_runtime.media import probe_mp4
 from diffusion_runtime.serve import Frontend
-from tests.conftest import S3Server, Stack, start_stack, tiny_image_spec
+from tests.conftest import S3Server, Stack, start_stack, tiny_image_spec, tiny_video_specs
 
 BUCKET, PREFIX = "media-bucket", "team-a/generated"
 
@@ -22,7 +23,7 @@ def s3_stack(
 ) -> Iterator[Stack]:
     s3_server.client().create_bucket(Bucket=BUCKET)
     yield from start_stack(
-        [tiny_image_spec(tiny_models, "diffusers")],
+        [tiny_image_spec(tiny_models, "diffusers"), tiny_video_specs(tiny_models, "diffusers")[0]],
         tmp_path_factory.mktemp("s3"),
         fs_url=f"s3://{BUCKET}/{PREFIX}",
         frontend_env=s3_server.env,
@@ -99,3 +100,22 @@ def test_a_missing_bucket_stops_startup_with_a_clear_error(
     assert frontend.process is not None
     assert frontend.process.wait(timeout=60) != 0, "it exits on its own instead of serving"
     assert "S3 bucket 'no-such-bucket' does not exist" in (tmp_path / "frontend.log").read_text()
+
+
+def test_videos_land_under_the_prefix_and_their_urls_serve_the_mp4(s3_stack: Stack, s3_server: S3Server) -> None:
+    body = {
+        "prompt": "x",
+        "model": "tiny-wan-t2v",
+        "size": "64x64",
+        "response_format": "url",
+        "nvext": {"num_frames": 9, "fps": 8, "num_inference_steps": 2},
+    }
+    video = httpx.post(f"{s3_stack.url}/v1/videos", json=body, timeout=300).json()
+    assert f"{PREFIX}/videos/{video['id']}/video.mp4" in objects(s3_server)
+    response = httpx.get(video["data"][0]["url"], timeout=30)
+    assert response.status_code == 200 and probe_mp4(response.content).frames == 9
+    # The job API serves the same bytes from the bucket.
+    content = httpx.get(f"{s3_stack.url}/v1/videos/{video['id']}/content", timeout=30)
+    assert content.content == response.content
+    assert httpx.delete(f"{s3_stack.url}/v1/videos/{video['id']}").json()["deleted"] is True
+    assert f"{PREFIX}/videos/{video['id']}/video.mp4" not in objects(s3_server)
