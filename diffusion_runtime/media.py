@@ -67,11 +67,12 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode an uploaded image fully (so truncated files fail here, not inside a pipeline) as RGB."""
+def decode_image(data: bytes, mode: str | None = "RGB") -> Image.Image:
+    """Decode an uploaded image fully (so truncated files fail here, not inside a pipeline), as ``mode``
+    (None keeps the file's own, e.g. a mask's alpha)."""
     image = Image.open(io.BytesIO(data))
     image.load()
-    return image.convert("RGB")
+    return image.convert(mode) if mode else image
 
 
 # --- videos --------------------------------------------------------------------------------------------------
@@ -172,13 +173,13 @@ _FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
 # --- conditioning images -------------------------------------------------------------------------------------
 
 
-def decode_input_image(data: bytes, param: str) -> Image.Image:
+def decode_input_image(data: bytes, param: str, mode: str | None = "RGB") -> Image.Image:
     """An uploaded conditioning image as RGB, or ``InvalidRequest`` naming ``param`` when it is not a whole,
     readable PNG, JPEG or WebP (Pillow raises several types for a bad file; the user only needs to know which)."""
     if sniff_image_format(data) is None:
         raise InvalidRequest(f"{param} is not a PNG, JPEG or WebP image", param)
     try:
-        return decode_image(data)
+        return decode_image(data, mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidRequest(f"{param} could not be decoded: {exc}", param) from exc
 
@@ -189,3 +190,14 @@ def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
     if image.size == (width, height):
         return image
     return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+
+
+def edit_mask(mask: Image.Image, width: int, height: int) -> Image.Image:
+    """OpenAI's edit mask marks the area to repaint with transparency; diffusers' inpainting pipelines want it
+    white on black. A mask without alpha is taken as already white-on-black. Fitted like the image."""
+    if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = mask.convert("RGBA").getchannel("A")
+        grey = alpha.point(lambda a: 255 if a < 128 else 0)
+    else:
+        grey = mask.convert("L")
+    return ImageOps.fit(grey, (width, height), method=Image.Resampling.NEAREST)

@@ -6,6 +6,7 @@ import base64
 import io
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -207,3 +208,76 @@ def test_client_disconnect_cancels_the_generation_on_the_server(diffusers_stack:
     wait_for(lambda: cancelled() > before, timeout=60, message="the model seeing the cancellation")
     # The model is free again and serves the next request.
     assert generate(diffusers_stack, extra_body={"num_inference_steps": 1}).data
+
+
+def picture(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(width * 1000 + height)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def edit(stack: Stack, **kwargs):
+    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("prompt", "make it autumn")
+    kwargs.setdefault("response_format", "b64_json")
+    kwargs.setdefault("extra_body", {"num_inference_steps": 4, "seed": 5})
+    return stack.client().images.edit(**kwargs)
+
+
+def test_sdk_image_edit_keeps_the_input_size_and_is_seeded(diffusers_stack: Stack) -> None:
+    source = ("photo.png", picture(96, 64), "image/png")
+    first = edit(diffusers_stack, image=source)
+    again = edit(diffusers_stack, image=source)
+    assert decode(first.data[0].b64_json).size == (96, 64), "size auto follows the input image"
+    assert first.data[0].b64_json == again.data[0].b64_json
+    white = io.BytesIO()
+    Image.new("RGB", (96, 64), "white").save(white, format="PNG")
+    knobs = {"num_inference_steps": 4, "seed": 5, "strength": 0.5}
+    from_noise = edit(diffusers_stack, image=source, extra_body=knobs)
+    from_white = edit(diffusers_stack, image=("white.png", white.getvalue(), "image/png"), extra_body=knobs)
+    assert from_white.data[0].b64_json != from_noise.data[0].b64_json, "the result depends on the input image"
+    resized = edit(diffusers_stack, image=source, size="64x64", n=2)
+    assert [decode(d.b64_json).size for d in resized.data] == [(64, 64), (64, 64)]
+
+
+def test_sdk_image_edit_with_a_transparent_mask(diffusers_stack: Stack) -> None:
+    mask = np.full((64, 64, 4), 255, dtype=np.uint8)
+    mask[16:48, 16:48, 3] = 0  # transparent: repaint here
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    result = edit(
+        diffusers_stack,
+        image=("in.png", picture(64, 64), "image/png"),
+        mask=("mask.png", buf.getvalue(), "image/png"),
+        response_format="url",
+    )
+    fetched = httpx.get(result.data[0].url, timeout=30)
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+
+
+def test_bad_edits_get_openai_errors(diffusers_stack: Stack) -> None:
+    with diffusers_stack.http() as http:
+        form = {"model": MODEL, "prompt": "x", "num_inference_steps": "1"}
+        cases = [
+            ({"image": ("notes.png", b"just text, named like a PNG", "image/png")}, form, 400, "image"),
+            ({"image": ("cut.png", picture(64, 64)[:80], "image/png")}, form, 400, "image"),
+            ({"mask": ("m.png", picture(64, 64), "image/png")}, form, 400, "image"),
+            (
+                {"image": ("a.png", picture(64, 64), "image/png"), "mask": ("m.txt", b"nope", "text/plain")},
+                form,
+                400,
+                "mask",
+            ),
+            ({"image": ("a.png", picture(64, 64), "image/png")}, {**form, "strength": "0"}, 400, "strength"),
+            ({"image": ("a.png", picture(64, 64), "image/png")}, {**form, "n": "many"}, 400, "n"),
+        ]
+        for files, data, status, param in cases:
+            response = http.post("/v1/images/edits", files=files, data=data)
+            assert response.status_code == status, (param, response.text)
+            assert response.json()["error"]["param"] == param
+        assert http.post("/v1/images/edits", json={"prompt": "x"}).status_code == 415
+        # Content decides, not the name: a real PNG called .txt is fine.
+        ok = http.post("/v1/images/edits", files={"image": ("photo.txt", picture(64, 64), "text/plain")}, data=form)
+        assert ok.status_code == 200, ok.text

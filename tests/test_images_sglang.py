@@ -40,3 +40,13 @@ def test_sglang_engine_reports_validation_errors(sglang_stack: Stack) -> None:
 
     with pytest.raises(openai.BadRequestError):
         sglang_stack.client().images.generate(model="tiny-flux", prompt="x", size="70x64")
+
+
+def test_sglang_engine_refuses_edits_clearly(sglang_stack: Stack) -> None:
+    import openai
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
+    with pytest.raises(openai.BadRequestError) as info:
+        sglang_stack.client().images.edit(model="tiny-flux", prompt="x", image=("a.png", buf.getvalue(), "image/png"))
+    assert "diffusers engine" in info.value.message

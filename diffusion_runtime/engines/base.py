@@ -87,12 +87,19 @@ class EngineConfig:
 
 
 class ImageEngine(Protocol):
-    """Text to images. Returns ``params.n`` uint8 HWC arrays; image ``i`` is generated from ``params.seeds[i]``
-    so it is the same image a request for ``n=1`` with that seed gives."""
+    """Text to images, or an edit of ``image`` (inside ``mask``, white = repaint, when given). Returns
+    ``params.n`` uint8 HWC arrays; image ``i`` is generated from ``params.seeds[i]`` so it is the same image a
+    request for ``n=1`` with that seed gives."""
 
     name: str
 
-    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]: ...
+    def generate(
+        self,
+        params: ImageParams,
+        on_step: StepHook,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> list[np.ndarray]: ...
 
     def close(self) -> None: ...
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
-from diffusion_runtime.errors import EngineFailure
+from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc, to_uint8_video
 from diffusion_runtime.params import ImageParams, VideoParams
 
@@ -66,10 +66,12 @@ class _DiffusersEngine:
         steps: int,
         seeds: list[int],
         negative_prompt: str | None,
+        pipe: Any = None,
         **kwargs: Any,
     ) -> Any:
         import torch
 
+        pipe = pipe or self.pipe
         on_step(0, steps)
         kwargs.update(
             num_inference_steps=steps,
@@ -77,17 +79,49 @@ class _DiffusersEngine:
             output_type="np",
             callback_on_step_end=step_callback(on_step, steps),
         )
-        if negative_prompt and "negative_prompt" in self._call_params:
+        if negative_prompt and "negative_prompt" in inspect.signature(pipe.__call__).parameters:
             kwargs["negative_prompt"] = negative_prompt
         with torch.inference_mode():
-            return self.pipe(**kwargs)
+            return pipe(**kwargs)
 
     def close(self) -> None:
         self.pipe = None
 
 
 class DiffusersImageEngine(_DiffusersEngine):
-    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
+    """Text-to-image, and edits: an input image (image-to-image) or an image and a mask (inpainting) go to the
+    matching pipeline built from the loaded one with ``from_pipe`` (same weights, no extra memory)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._edit_pipes: dict[bool, Any] = {}
+
+    def _edit_pipe(self, masked: bool) -> Any:
+        if masked not in self._edit_pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if masked else AutoPipelineForImage2Image
+            try:
+                pipe = auto.from_pipe(self.pipe)
+            except (ValueError, KeyError) as exc:
+                kind = "inpainting" if masked else "image-to-image"
+                raise InvalidRequest(f"this model has no {kind} pipeline: {exc}", "image") from exc
+            pipe.set_progress_bar_config(disable=True)
+            self._edit_pipes[masked] = pipe
+        return self._edit_pipes[masked]
+
+    def generate(
+        self,
+        params: ImageParams,
+        on_step: StepHook,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> list[np.ndarray]:
+        edit: dict[str, Any] = {}
+        if image is not None:
+            edit = {"pipe": self._edit_pipe(mask is not None), "image": image, "strength": params.strength}
+            if mask is not None:
+                edit["mask_image"] = mask
         images = self._run(
             on_step,
             steps=params.num_inference_steps,
@@ -98,6 +132,7 @@ class DiffusersImageEngine(_DiffusersEngine):
             width=params.width,
             guidance_scale=params.guidance_scale,
             num_images_per_prompt=params.n,
+            **edit,
         ).images
         if len(images) != params.n:
             raise EngineFailure(f"the pipeline returned {len(images)} images, {params.n} were asked for")

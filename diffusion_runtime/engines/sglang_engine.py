@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
-from diffusion_runtime.errors import EngineFailure
+from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc
 from diffusion_runtime.params import ImageParams, VideoParams
 from diffusion_runtime.serve import free_port
@@ -128,7 +128,17 @@ def _sampling(params: ImageParams | VideoParams, seed: int) -> dict[str, Any]:
 
 
 class SGLangImageEngine(_SGLangEngine):
-    def generate(self, params: ImageParams, on_step: StepHook) -> list[np.ndarray]:
+    def generate(
+        self,
+        params: ImageParams,
+        on_step: StepHook,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> list[np.ndarray]:
+        if image is not None:
+            # DiffGenerator's FLUX.1 pipelines make images from text only; passing the image would be ignored
+            # silently. Edits are served by the diffusers engine (engine=diffusers).
+            raise InvalidRequest("image edits need the diffusers engine; this model runs on the sglang engine", "image")
         steps = params.num_inference_steps
         images = []
         for index, seed in enumerate(params.seeds):

@@ -36,6 +36,7 @@ class ImageLimits:
     default_guidance_scale: float = 3.5
     max_guidance_scale: float = 50.0
     max_prompt_chars: int = 10_000
+    default_edit_strength: float = 0.8  # image edits: how far from the input image the result may move
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> ImageLimits:
@@ -56,6 +57,7 @@ class ImageParams:
     seed: int
     output_format: str
     output_compression: int
+    strength: float = 1.0  # image edits only (0 keeps the input, 1 ignores it); text-to-image ignores it
 
     @property
     def seeds(self) -> list[int]:
@@ -94,6 +96,7 @@ def validate_image_params(
     seed: object = None,
     output_format: object = None,
     output_compression: object = None,
+    strength: object = None,
 ) -> ImageParams:
     """Check every field against ``limits`` and fill defaults; ``None`` means "not given"."""
     prompt_text = check_text(prompt, "prompt", limits.max_prompt_chars, required=True)
@@ -108,6 +111,9 @@ def validate_image_params(
     base_seed = check_seed(seed, headroom=limits.max_images)
     fmt = normalize_output_format(output_format)
     compression = int_in_range(output_compression, 100, 0, 100, "output_compression")
+    edit_strength = number_in_range(strength, limits.default_edit_strength, 0.0, 1.0, "strength")
+    if edit_strength == 0.0:
+        raise InvalidRequest("strength must be above 0 (0 would return the input image unchanged)", "strength")
     assert prompt_text is not None
     return ImageParams(
         prompt=prompt_text,
@@ -120,4 +126,5 @@ def validate_image_params(
         seed=base_seed,
         output_format=fmt,
         output_compression=compression,
+        strength=edit_strength,
     )

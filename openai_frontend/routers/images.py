@@ -9,15 +9,39 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request
 
-from diffusion_runtime.media import CONTENT_TYPES
-from diffusion_runtime.params import ImageParams, parse_size, validate_image_params
-from openai_frontend.context import Ctx
-from openai_frontend.schemas.images import ImageData, ImageGenerationRequest, ImagesResponse
+from diffusion_runtime.media import CONTENT_TYPES, decode_input_image
+from diffusion_runtime.params import ImageLimits, ImageParams, parse_size, validate_image_params
+from openai_frontend.context import Ctx, FrontendContext
+from openai_frontend.errors import OpenAIError, invalid
+from openai_frontend.forms import parse_fields, read_multipart
+from openai_frontend.schemas.images import ImageData, ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from openai_frontend.storage import new_media_key, new_request_id
-from openai_frontend.triton import cancel_on_disconnect
+from openai_frontend.triton import ServedModel, cancel_on_disconnect
 
 router = APIRouter()
 OUTPUTS = ["IMAGES", "SEEDS"]
+EDIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "mask": {"type": "string", "format": "binary"},
+                        "prompt": {"type": "string"},
+                        "model": {"type": "string"},
+                        "n": {"type": "string"},
+                        "size": {"type": "string"},
+                        "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def image_inputs(params: ImageParams) -> dict[str, np.ndarray]:
@@ -38,30 +62,38 @@ def image_inputs(params: ImageParams) -> dict[str, np.ndarray]:
     return inputs
 
 
-@router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def create_image(body: ImageGenerationRequest, request: Request, ctx: Ctx) -> ImagesResponse:
-    model = await ctx.backend.resolve(body.model, "image")
-    limits = model.image_limits
-    width, height = parse_size(body.size, limits)
-    params = validate_image_params(
-        limits,
+def _validated(body: ImageGenerationRequest, model: ServedModel, size: tuple[int, int]) -> ImageParams:
+    return validate_image_params(
+        model.image_limits,
         prompt=body.prompt,
         negative_prompt=body.knob("negative_prompt"),
-        width=width,
-        height=height,
+        width=size[0],
+        height=size[1],
         n=body.n,
         num_inference_steps=body.knob("num_inference_steps"),
         guidance_scale=body.knob("guidance_scale"),
         seed=body.knob("seed"),
         output_format=body.output_format,
         output_compression=body.output_compression,
+        strength=body.knob("strength"),
     )
+
+
+async def _generate(
+    request: Request,
+    ctx: FrontendContext,
+    model: ServedModel,
+    params: ImageParams,
+    inputs: dict[str, np.ndarray],
+    response_format: str | None,
+) -> ImagesResponse:
+    """Call the model and hand back its files as URLs (stored) or base64, off the event loop."""
     outputs = await cancel_on_disconnect(
-        request, ctx.backend.infer(model, image_inputs(params), OUTPUTS), ctx.settings.request_timeout
+        request, ctx.backend.infer(model, inputs, OUTPUTS), ctx.settings.request_timeout
     )
     files = [bytes(item) for item in outputs["IMAGES"].reshape(-1)]
     seeds = [int(seed) for seed in outputs["SEEDS"].reshape(-1)]
-    if body.response_format == "b64_json":
+    if response_format == "b64_json":
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(f).decode("ascii") for f in files])
         data = [ImageData(b64_json=b64, seed=seed) for b64, seed in zip(encoded, seeds, strict=True)]
     else:
@@ -79,3 +111,55 @@ async def create_image(body: ImageGenerationRequest, request: Request, ctx: Ctx)
     return ImagesResponse(
         created=int(time.time()), data=data, output_format=params.output_format, size=f"{params.width}x{params.height}"
     )
+
+
+@router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+async def create_image(body: ImageGenerationRequest, request: Request, ctx: Ctx) -> ImagesResponse:
+    model = await ctx.backend.resolve(body.model, "image")
+    params = _validated(body, model, parse_size(body.size, model.image_limits))
+    return await _generate(request, ctx, model, params, image_inputs(params), body.response_format)
+
+
+def _edit_size(size: str | None, image: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """An explicit size, or (``auto``/none) the input image's own, rounded down to the model's multiple."""
+    if size is not None and size.strip().lower() != "auto":
+        return parse_size(size, limits)
+    width, height = decode_input_image(image, "image", mode=None).size
+    step = limits.size_multiple
+    clamp = lambda v: max(limits.min_size, min(limits.max_size, v // step * step))  # noqa: E731
+    return clamp(width), clamp(height)
+
+
+@router.post(
+    "/v1/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    openapi_extra=EDIT_BODY,
+)
+async def edit_image(request: Request, ctx: Ctx) -> ImagesResponse:
+    """OpenAI's multipart edit: one ``image`` (or ``image[]``) part, an optional ``mask`` (transparent = repaint),
+    the generation fields as strings. Files are checked by content, never by name or declared type."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise OpenAIError(415, "image edits are sent as multipart/form-data, as the OpenAI SDK does")
+    fields, files = await read_multipart(request, {"image", "image[]", "mask"})
+    images = files.get("image", []) + files.get("image[]", [])
+    if not images:
+        raise invalid("image is required: upload the image to edit as a file part", "image")
+    if len(images) > 1:
+        raise invalid(f"send one image to edit, got {len(images)}", "image")
+    masks = files.get("mask", [])
+    if len(masks) > 1:
+        raise invalid("send at most one mask", "mask")
+    body = parse_fields(ImageEditRequest, fields)
+    model = await ctx.backend.resolve(body.model, "image")
+    size = await asyncio.to_thread(_edit_size, body.size, images[0], model.image_limits)
+    params = _validated(body, model, size)
+    await asyncio.to_thread(decode_input_image, images[0], "image")
+    if masks:
+        await asyncio.to_thread(decode_input_image, masks[0], "mask", None)
+    inputs = image_inputs(params)
+    inputs["INPUT_IMAGE"] = np.array([[images[0]]], dtype=np.object_)
+    inputs["STRENGTH"] = np.array([[params.strength]], dtype=np.float32)
+    if masks:
+        inputs["MASK_IMAGE"] = np.array([[masks[0]]], dtype=np.object_)
+    return await _generate(request, ctx, model, params, inputs, body.response_format)

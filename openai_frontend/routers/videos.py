@@ -5,27 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 import time
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from diffusion_runtime.media import decode_input_image
 from diffusion_runtime.params import VideoParams, parse_size, validate_video_params
 from diffusion_runtime.params.video import check_video_mode
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError, invalid
+from openai_frontend.forms import MAX_UPLOAD_BYTES, parse_fields, read_multipart
 from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from openai_frontend.triton import ServedModel, cancel_on_disconnect
 from openai_frontend.video_jobs import PENDING, VideoJob, is_video_id, new_video_id, video_key
 
 router = APIRouter()
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-_FORM_KEY = re.compile(r"^(\w+)\[(\w+)\]$")
 
 _CREATE_BODY = {
     "requestBody": {
@@ -55,21 +50,10 @@ async def _read_create_request(request: Request) -> tuple[VideoCreateRequest, by
     content_type = request.headers.get("content-type", "")
     image: bytes | None = None
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
-        except Exception as exc:  # python-multipart's parse errors have no common base worth naming
-            raise invalid(f"the multipart body could not be parsed: {exc}") from exc
-        data: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "input_reference":
-                    raise invalid(f"unexpected file part '{key}'", key)
-                image = await value.read()
-                continue
-            if match := _FORM_KEY.match(key):  # nested fields arrive as key[sub]
-                data.setdefault(match.group(1), {})[match.group(2)] = value
-            else:
-                data[key] = value
+        data, files = await read_multipart(request, {"input_reference"})
+        if len(files.get("input_reference", [])) > 1:
+            raise invalid("send one input_reference image", "input_reference")
+        image = files["input_reference"][0] if files.get("input_reference") else None
     elif content_type.startswith("application/json") or not content_type:
         try:
             data = await request.json()
@@ -79,13 +63,7 @@ async def _read_create_request(request: Request) -> tuple[VideoCreateRequest, by
             raise invalid("the request body must be a JSON object")
     else:
         raise OpenAIError(415, f"unsupported content type '{content_type}'; send JSON or multipart/form-data")
-    try:
-        body = VideoCreateRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = f"{param} is required" if first["type"] == "missing" else f"{param}: {first['msg']}"
-        raise invalid(message, param) from exc
+    body = parse_fields(VideoCreateRequest, data)
     if body.input_reference is not None:
         image = _decode_data_url(body.input_reference)
     return body, image

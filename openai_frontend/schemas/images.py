@@ -18,6 +18,7 @@ class ImageNvExt(BaseModel):
     guidance_scale: float | None = None
     seed: int | None = None
     negative_prompt: StrictStr | None = None
+    strength: float | None = None
 
 
 class ImageGenerationRequest(KnobsFromNvExt):
@@ -37,6 +38,7 @@ class ImageGenerationRequest(KnobsFromNvExt):
     guidance_scale: float | None = None
     seed: int | None = None
     negative_prompt: StrictStr | None = None
+    strength: float | None = Field(default=None, description="Edits only: how far to move from the input (0-1]")
     nvext: ImageNvExt | None = None
 
 
@@ -52,3 +54,8 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: str | None = None
     size: str | None = None
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """The text fields of a multipart edit: the same as a generation's, all strings on the wire (pydantic's lax
+    mode reads ``"2"`` as 2); ``strength`` (default from the model's config) applies here."""

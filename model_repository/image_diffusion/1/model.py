@@ -13,7 +13,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from diffusion_runtime.engines import EngineConfig, create_image_engine
-from diffusion_runtime.media import encode_image
+from diffusion_runtime.errors import InvalidRequest
+from diffusion_runtime.media import decode_input_image, edit_mask, encode_image, fit_image
 from diffusion_runtime.params import ImageLimits, ImageParams, validate_image_params
 from diffusion_runtime.triton_io import (
     ModelMetrics,
@@ -21,6 +22,7 @@ from diffusion_runtime.triton_io import (
     error_for,
     model_parameters,
     pin_instance_device,
+    read_bytes,
     read_scalars,
 )
 
@@ -35,6 +37,7 @@ INPUTS = {
     "SEED": "seed",
     "OUTPUT_FORMAT": "output_format",
     "OUTPUT_COMPRESSION": "output_compression",
+    "STRENGTH": "strength",
 }
 
 
@@ -58,8 +61,9 @@ class TritonPythonModel:
 
     def _generate(self, request) -> tuple[ImageParams, Future, float]:
         params = validate_image_params(self.limits, **read_scalars(pb_utils, request, INPUTS))
+        image, mask = edit_inputs(request, params)
         start = time.perf_counter()
-        images = self.engine.generate(params, cancellation_check(request))
+        images = self.engine.generate(params, cancellation_check(request), image, mask)
         elapsed = time.perf_counter() - start
         self.metrics.seconds("denoise", elapsed)
         self.metrics.steps(params.num_inference_steps * params.n)
@@ -88,6 +92,21 @@ class TritonPythonModel:
     def finalize(self):
         self.encoder.shutdown(wait=True)
         self.engine.close()
+
+
+def edit_inputs(request, params: ImageParams):
+    """The image to edit (fitted to the requested size) and its mask, when the request is an edit."""
+    data = read_bytes(pb_utils, request, "INPUT_IMAGE")
+    mask_data = read_bytes(pb_utils, request, "MASK_IMAGE")
+    if not data:
+        if mask_data:
+            raise InvalidRequest("a mask needs an image to edit", "mask")
+        return None, None
+    image = fit_image(decode_input_image(data, "image"), params.width, params.height)
+    mask = (
+        edit_mask(decode_input_image(mask_data, "mask", mode=None), params.width, params.height) if mask_data else None
+    )
+    return image, mask
 
 
 def _response(params: ImageParams, files: list[bytes], elapsed: float):
