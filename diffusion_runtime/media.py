@@ -137,6 +137,41 @@ class VideoInfo:
     pix_fmt: str
 
 
+def _ffmpeg_decode(data: bytes, output_args: list[str], text: bool = True) -> subprocess.CompletedProcess:
+    """Run imageio-ffmpeg's ffmpeg on a video given as bytes (through a temporary file: MP4 needs seeking)."""
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory(prefix="mp4-") as folder:
+        path = os.path.join(folder, "video.mp4")
+        with open(path, "wb") as file:
+            file.write(data)
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, *output_args]
+        completed = subprocess.run(command, capture_output=True, text=text, timeout=600)
+    if completed.returncode != 0:
+        stderr = completed.stderr if text else completed.stderr.decode(errors="replace")
+        raise ValueError(f"ffmpeg could not decode the video: {stderr[-2000:]}")
+    return completed
+
+
+def video_previews(data: bytes, columns: int = 4, rows: int = 4, tile_width: int = 256) -> tuple[bytes, bytes]:
+    """OpenAI's other content variants of a video: a WebP thumbnail (the first frame, full size) and a JPEG
+    spritesheet (up to ``columns * rows`` evenly spaced frames, ``tile_width`` wide, in a grid)."""
+    info = probe_mp4(data)
+    raw = _ffmpeg_decode(data, ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"], text=False).stdout
+    frames = np.frombuffer(raw, dtype=np.uint8).reshape(-1, info.height, info.width, 3)
+    thumbnail = io.BytesIO()
+    Image.fromarray(frames[0]).save(thumbnail, format="WEBP", quality=85)
+    picks = np.linspace(0, len(frames) - 1, num=min(len(frames), columns * rows)).round().astype(int)
+    tile_height = max(2, round(info.height * tile_width / info.width))
+    sheet = Image.new("RGB", (tile_width * columns, tile_height * -(-len(picks) // columns)))
+    for slot, index in enumerate(picks):
+        tile = Image.fromarray(frames[index]).resize((tile_width, tile_height), Image.Resampling.BILINEAR)
+        sheet.paste(tile, ((slot % columns) * tile_width, (slot // columns) * tile_height))
+    spritesheet = io.BytesIO()
+    sheet.save(spritesheet, format="JPEG", quality=85)
+    return thumbnail.getvalue(), spritesheet.getvalue()
+
+
 def probe_mp4(data: bytes) -> VideoInfo:
     """Decode every frame of a video file with imageio-ffmpeg's ffmpeg and report what it saw (exact frame count).
 
@@ -146,18 +181,8 @@ def probe_mp4(data: bytes) -> VideoInfo:
     fails to parse ffmpeg's header (observed: 2 calls in 200). Without ``preexec_fn`` Python spawns with
     ``vfork``, which runs no fork handlers.
     """
-    import imageio_ffmpeg
 
-    with tempfile.TemporaryDirectory(prefix="mp4-") as folder:
-        path = os.path.join(folder, "video.mp4")
-        with open(path, "wb") as file:
-            file.write(data)
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path]
-        completed = subprocess.run(
-            [*command, "-map", "0:v:0", "-f", "null", "-"], capture_output=True, text=True, timeout=600
-        )
-    if completed.returncode != 0:
-        raise ValueError(f"ffmpeg could not decode the video: {completed.stderr[-2000:]}")
+    completed = _ffmpeg_decode(data, ["-map", "0:v:0", "-f", "null", "-"])
     stream = _VIDEO_STREAM.search(completed.stderr)
     counts = _FRAME_COUNT.findall(completed.stderr)
     if stream is None or not counts:

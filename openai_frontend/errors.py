@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffusion_runtime.errors import InvalidRequest
+from openai_frontend.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ def invalid(message: str, param: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code="invalid_value")
 
 
+def stub_died(message: str) -> bool:
+    """Triton's answer once a Python model's stub process has died. Triton 2.51 neither restarts the stub nor
+    stops reporting the model READY (``TritonBackend`` keeps track of such models for readiness)."""
+    return "Stub process" in message and "is not healthy" in message
+
+
 def from_triton_error(exc: Exception) -> OpenAIError:
     """Map a ``tritonclient`` exception (gRPC status + message) to the status a client should see."""
     status = str(getattr(exc, "status", lambda: "")() or "")
@@ -93,6 +100,12 @@ def from_triton_error(exc: Exception) -> OpenAIError:
         return OpenAIError(504, "the generation did not finish in time", code="timeout")
     if "UNAVAILABLE" in status:
         return OpenAIError(503, f"the inference server is unavailable: {message}", code="triton_unavailable")
+    if stub_died(message):
+        return OpenAIError(
+            503,
+            f"the model is down: its process in the inference server died ({message}); restart tritonserver",
+            code="model_unavailable",
+        )
     return OpenAIError(500, f"generation failed: {message}", code="generation_failed")
 
 
@@ -123,6 +136,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return invalid(message, param).response()
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.error("media storage failed: %s", exc)
+        return OpenAIError(503, f"media storage failed: {exc}", code="storage_unavailable").response()
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:

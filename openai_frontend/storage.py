@@ -10,6 +10,8 @@ import os
 import re
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -116,17 +118,31 @@ class S3Storage:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @contextmanager
+    def _failures(self, action: str) -> Iterator[None]:
+        """boto3's errors (endpoint down, access denied...) as ``StorageUnavailable``, which the API answers
+        with a 503 that says storage failed."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"{action} S3 bucket '{self.bucket}' failed: {exc}") from exc
+
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        self._client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
+        with self._failures("writing to"):
+            self._client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
 
     def get(self, key: str) -> bytes | None:
-        try:
-            return self._client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"].read()
-        except (self._client.exceptions.NoSuchKey, KeyError):
-            return None
+        with self._failures("reading from"):
+            try:
+                return self._client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"].read()
+            except (self._client.exceptions.NoSuchKey, KeyError):
+                return None
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._object(key))
+        with self._failures("deleting from"):
+            self._client.delete_object(Bucket=self.bucket, Key=self._object(key))
 
     def public_url(self, key: str) -> str | None:
         return self._client.generate_presigned_url(

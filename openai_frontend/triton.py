@@ -18,10 +18,11 @@ import httpx
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from fastapi import Request
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from diffusion_runtime.params import ImageLimits, VideoLimits
-from openai_frontend.errors import OpenAIError, from_triton_error
+from openai_frontend.errors import OpenAIError, from_triton_error, stub_died
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,35 @@ def _queue_full(exc: InferenceServerException) -> bool:
     return "queue" in (exc.message() or "").lower() and "UNAVAILABLE" in str(exc.status() or "")
 
 
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options plus a short reconnect backoff: gRPC's default backs off up to 120 s
+    between connection attempts, so a restarted tritonserver would stay unreachable for up to two minutes."""
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
 @dataclass
 class TritonEndpoint:
     """One tritonserver. ``in_flight`` counts this frontend's open calls to it (the load-balancing signal);
-    after a connection failure the server is skipped until ``down_until``."""
+    after a connection failure the server is skipped until ``down_until``. ``failed_models`` holds the models
+    whose stub process died there (Triton's error), until one answers again or the server restarts."""
 
     url: str
     metrics_url: str | None
     client: grpcclient.InferenceServerClient
     in_flight: int = 0
     down_until: float = 0.0
+    failed_models: dict[str, str] = field(default_factory=dict)
 
 
 class TritonBackend:
@@ -98,7 +118,7 @@ class TritonBackend:
             raise ValueError("at least one Triton URL is needed")
         metrics = list(metrics_urls) + [None] * (len(urls) - len(metrics_urls))
         self.endpoints = [
-            TritonEndpoint(url, metrics_url, grpcclient.InferenceServerClient(url=url))
+            TritonEndpoint(url, metrics_url, grpcclient.InferenceServerClient(url=url, channel_args=channel_args()))
             for url, metrics_url in zip(urls, metrics, strict=True)
         ]
         self.retry_after = retry_after
@@ -120,21 +140,37 @@ class TritonBackend:
         rotated = [self.endpoints[(self._turn + i) % count] for i in range(count)]
         return sorted(rotated, key=lambda e: (e.down_until > now, e.in_flight))
 
-    async def _call(self, work: Callable[[grpcclient.InferenceServerClient], Awaitable[T]]) -> T:
+    def _model_failed(self, client: grpcclient.InferenceServerClient, model: str, message: str) -> None:
+        for endpoint in self.endpoints:
+            if endpoint.client is client and model not in endpoint.failed_models:
+                log.error("model %s on Triton at %s is down: %s", model, endpoint.url, message)
+                endpoint.failed_models[model] = message
+
+    async def _call(
+        self, work: Callable[[grpcclient.InferenceServerClient], Awaitable[T]], model: str | None = None
+    ) -> T:
+        """``work`` on the best server, moving on to the next when one is unreachable, has a full queue, or
+        (for calls that name their Triton ``model``) has lost that model's stub process."""
         last: InferenceServerException | None = None
         for endpoint in self._order():
             endpoint.in_flight += 1
             try:
                 result = await work(endpoint.client)
                 endpoint.down_until = 0.0
+                if model is not None:
+                    endpoint.failed_models.pop(model, None)
                 return result
             except InferenceServerException as exc:
                 last = exc
                 if _server_unreachable(exc):
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
                     endpoint.down_until = time.monotonic() + self.retry_after
+                    endpoint.failed_models.clear()  # a server that comes back starts new model processes
                     continue
                 if _queue_full(exc):
+                    continue
+                if model is not None and stub_died(exc.message() or ""):
+                    self._model_failed(endpoint.client, model, exc.message())
                     continue
                 raise from_triton_error(exc) from exc
             finally:
@@ -189,20 +225,23 @@ class TritonBackend:
                 return False, {"status": "not ready"}
             index = await endpoint.client.get_model_repository_index(as_json=True)
         except InferenceServerException as exc:
+            endpoint.failed_models.clear()  # a server that comes back starts new model processes
             return False, {"status": f"unreachable: {exc.message()}"}
         states = {m["name"]: m.get("state", "UNKNOWN") for m in index.get("models", [])}
-        return bool(states) and all(state == "READY" for state in states.values()), {
-            "status": "ready",
-            "models": states,
-        }
+        # Triton 2.51 still calls a model whose stub process died READY: say what requests to it found.
+        states.update({name: "UNAVAILABLE" for name in endpoint.failed_models if name in states})
+        detail: dict[str, Any] = {"status": "ready", "models": states}
+        if endpoint.failed_models:
+            detail["errors"] = dict(endpoint.failed_models)
+        return bool(states) and all(state == "READY" for state in states.values()), detail
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when at least one Triton is ready with every model it lists loaded."""
         results = await asyncio.gather(*(self._server_readiness(e) for e in self.endpoints))
         ready = any(ok for ok, _ in results)
         if len(self.endpoints) == 1:
-            detail = results[0][1]
-            return ready, {"triton": detail["status"], "models": detail.get("models", {})}
+            detail = dict(results[0][1])
+            return ready, {"triton": detail.pop("status"), "models": {}, **detail}
         return ready, {"triton": {e.url: detail for e, (_, detail) in zip(self.endpoints, results, strict=True)}}
 
     @staticmethod
@@ -233,6 +272,7 @@ class TritonBackend:
             }
 
         async def first_response(client: grpcclient.InferenceServerClient):
+            served_by.append(client)
             responses = client.stream_infer(request())
             try:
                 result, error = await responses.__anext__()
@@ -245,7 +285,8 @@ class TritonBackend:
                 raise error
             return responses, result
 
-        responses, result = await self._call(first_response)
+        served_by: list[grpcclient.InferenceServerClient] = []
+        responses, result = await self._call(first_response, model.triton_name)
         complete = False  # once the model has ended the request, cancelling would only pin it in Triton
         try:
             while True:
@@ -266,6 +307,8 @@ class TritonBackend:
                     raise OpenAIError(500, "the model's response stream ended without a final response") from None
                 if error is not None:
                     complete = True
+                    if stub_died(error.message() or ""):
+                        self._model_failed(served_by[-1], model.triton_name, error.message())
                     raise from_triton_error(error)
         except InferenceServerException as exc:
             raise from_triton_error(exc) from exc
@@ -281,7 +324,7 @@ class TritonBackend:
         async def call(client: grpcclient.InferenceServerClient):
             return await client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
 
-        result = await self._call(call)
+        result = await self._call(call, model.triton_name)
         return {name: result.as_numpy(name) for name in outputs}
 
     async def metrics_text(self) -> str:

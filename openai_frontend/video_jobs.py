@@ -194,8 +194,13 @@ def video_inputs(params: VideoParams, image: bytes | None) -> dict[str, np.ndarr
     return inputs
 
 
-def video_key(job_id: str) -> str:
-    return f"videos/{job_id}/video.mp4"
+VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
+_VARIANT_FILES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg"}
+
+
+def media_key(job_id: str, variant: str = "video") -> str:
+    """Where a job's file of one content variant is stored (made from the job id, never from user input)."""
+    return f"videos/{job_id}/{_VARIANT_FILES[variant]}"
 
 
 class VideoJobRunner:
@@ -240,7 +245,7 @@ class VideoJobRunner:
             await self.store.update(job_id, status="in_progress")
             try:
                 final = await self._generate(job_id, model, params, image)
-                key = video_key(job_id)
+                key = media_key(job_id)
                 await asyncio.to_thread(self.storage.put, key, bytes(final["VIDEO"][0]), "video/mp4")
                 await self.store.update(
                     job_id,

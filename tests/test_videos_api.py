@@ -139,12 +139,21 @@ def test_image_to_video_from_a_json_data_url(video_stack: Stack) -> None:
     assert mp4_shape(httpx.get(response.json()["data"][0]["url"]).content)[:3] == (9, 64, 64)
 
 
-def test_content_is_mp4_whatever_accept_says(video_stack: Stack) -> None:
+def test_content_is_mp4_whatever_accept_says_and_previews_exist(video_stack: Stack) -> None:
     body = {"prompt": "x", "model": T2V, "size": "64x64", "response_format": "url", "nvext": QUICK}
     video_id = httpx.post(f"{video_stack.url}/v1/videos", json=body, timeout=300).json()["id"]
     for accept in ("application/binary", "application/json", "*/*"):
         response = httpx.get(f"{video_stack.url}/v1/videos/{video_id}/content", headers={"accept": accept})
         assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+    client = video_stack.client()
+    thumbnail = Image.open(io.BytesIO(client.videos.download_content(video_id, variant="thumbnail").read()))
+    assert (thumbnail.format, thumbnail.size) == ("WEBP", (64, 64))
+    sheet = Image.open(io.BytesIO(client.videos.download_content(video_id, variant="spritesheet").read()))
+    assert sheet.format == "JPEG" and sheet.size == (4 * 256, 3 * 256), "9 frames: a 4-wide grid of 3 rows"
+    bad = httpx.get(f"{video_stack.url}/v1/videos/{video_id}/content", params={"variant": "gif"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "variant"
+    client.videos.delete(video_id)
+    assert not list(video_stack.media_dir.rglob(f"{video_id}/*")), "every variant went with the job"
 
 
 def test_list_paginates_with_after(video_stack: Stack) -> None:

@@ -10,7 +10,7 @@ import time
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from diffusion_runtime.media import decode_input_image
+from diffusion_runtime.media import decode_input_image, video_previews
 from diffusion_runtime.params import VideoParams, parse_size, validate_video_params
 from diffusion_runtime.params.video import check_video_mode
 from openai_frontend.context import Ctx, FrontendContext
@@ -18,7 +18,7 @@ from openai_frontend.errors import OpenAIError, invalid
 from openai_frontend.forms import MAX_UPLOAD_BYTES, parse_fields, read_multipart
 from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from openai_frontend.triton import ServedModel, cancel_on_disconnect
-from openai_frontend.video_jobs import PENDING, VideoJob, is_video_id, new_video_id, video_key
+from openai_frontend.video_jobs import PENDING, VARIANTS, VideoJob, is_video_id, media_key, new_video_id
 
 router = APIRouter()
 
@@ -210,21 +210,39 @@ async def get_video_content(video_id: str, ctx: Ctx, variant: str = "video") -> 
             param="video_id",
             code="not_ready",
         )
-    if variant != "video":
-        raise invalid(f"variant '{variant}' is not available; use 'video'", "variant")
-    data = await asyncio.to_thread(ctx.storage.get, job.media_key)
+    if variant not in VARIANTS:
+        raise invalid(f"variant must be one of {', '.join(VARIANTS)}, got '{variant}'", "variant")
+    key, media_type = media_key(job.id, variant), VARIANTS[variant]
+    data = await asyncio.to_thread(ctx.storage.get, key)
+    if data is None and variant != "video":
+        data = await _make_previews(ctx, job.id, variant)
     if data is None:
         raise OpenAIError(404, f"the file of video '{video_id}' is missing from storage", code="not_found")
-    # Always video/mp4, whatever Accept says: the SDK sends application/binary and AIPerf checks the type.
-    return Response(
-        data, media_type="video/mp4", headers={"content-disposition": f'attachment; filename="{video_id}.mp4"'}
-    )
+    # Always the variant's own type, whatever Accept says: the SDK sends application/binary and AIPerf checks it.
+    filename = f"{video_id}{'.mp4' if variant == 'video' else '-' + key.rsplit('/', 1)[1]}"
+    return Response(data, media_type=media_type, headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+async def _make_previews(ctx: FrontendContext, job_id: str, variant: str) -> bytes | None:
+    """Thumbnail and spritesheet are made from the stored MP4 the first time either is asked for, then kept."""
+    video = await asyncio.to_thread(ctx.storage.get, media_key(job_id, "video"))
+    if video is None:
+        return None
+    thumbnail, spritesheet = await asyncio.to_thread(video_previews, video)
+
+    def store() -> None:
+        ctx.storage.put(media_key(job_id, "thumbnail"), thumbnail, VARIANTS["thumbnail"])
+        ctx.storage.put(media_key(job_id, "spritesheet"), spritesheet, VARIANTS["spritesheet"])
+
+    await asyncio.to_thread(store)
+    return thumbnail if variant == "thumbnail" else spritesheet
 
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
 async def delete_video(video_id: str, ctx: Ctx) -> VideoDeleted:
     job = await _job_or_404(video_id, ctx)
     await ctx.video_jobs.cancel(job.id)  # a running job stops; its model sees the cancellation
-    await asyncio.to_thread(ctx.storage.delete, video_key(job.id))
+    for variant in VARIANTS:
+        await asyncio.to_thread(ctx.storage.delete, media_key(job.id, variant))
     await ctx.video_jobs.store.delete(job.id)
     return VideoDeleted(id=job.id)
