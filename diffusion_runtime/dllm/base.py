@@ -8,13 +8,12 @@ rule as the image engines, ``EngineConfig.resolved_engine``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from diffusion_runtime.engines.base import EngineConfig, StepHook
+from diffusion_runtime.engines.base import EngineConfig, StepHook, json_object
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.text import TextParams
 
@@ -79,12 +78,7 @@ class TextEngineConfig:
         return self._image_rules().torch_dtype()
 
     def sglang_extra_args(self) -> dict[str, Any]:
-        if not self.sglang_args:
-            return {}
-        extra = json.loads(self.sglang_args)
-        if not isinstance(extra, dict):
-            raise ValueError("sglang_args must be a JSON object")
-        return extra
+        return json_object(self.sglang_args, "sglang_args")
 
 
 @dataclass(frozen=True)

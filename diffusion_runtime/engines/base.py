@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,16 @@ class EngineConfig:
             return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
         except KeyError:
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}") from None
+
+
+def json_object(text: str, name: str) -> dict[str, Any]:
+    """A config parameter holding a JSON object of extra keyword arguments (empty: none)."""
+    if not text.strip():
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {text!r}")
+    return value
 
 
 class ImageEngine(Protocol):

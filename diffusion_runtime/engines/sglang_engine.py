@@ -13,7 +13,6 @@ What SGLang does not give us, and how it is made up for here:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
+from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video, json_object
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc
 from diffusion_runtime.params import ImageParams, VideoParams
@@ -46,11 +45,7 @@ def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
         kwargs["attention_backend"] = config.sglang_attention_backend
     if config.sglang_sleep_on_idle:
         kwargs["sleep_on_idle"] = True
-    if config.sglang_args:
-        extra = json.loads(config.sglang_args)
-        if not isinstance(extra, dict):
-            raise ValueError("sglang_args must be a JSON object")
-        kwargs.update(extra)
+    kwargs.update(json_object(config.sglang_args, "sglang_args"))
     return kwargs
 
 
