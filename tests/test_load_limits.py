@@ -36,7 +36,8 @@ def test_a_full_queue_answers_429_with_retry_after(small_queue_stack: Stack) -> 
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {200, 429}, statuses
-    assert statuses.count(200) >= 3  # one running, two queued, at the least
+    # The queue holds 2: a burst that lands before the first request is scheduled fills it with that one too.
+    assert statuses.count(200) >= 2
     for response in responses:
         if response.status_code == 429:
             assert response.headers["retry-after"].isdigit()
