@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
@@ -45,14 +46,35 @@ def create_app(settings: FrontendSettings) -> FastAPI:
     for module in (models, completions, images, videos, media, observability):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if isinstance(route, APIRoute) else "unmatched"
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
+
+
+class RequestMetricsMiddleware:
+    """Requests by route and status, and their latency (until the last byte is sent). Plain ASGI rather than
+    ``@app.middleware("http")``, whose ``BaseHTTPMiddleware`` costs a task group and a body stream per request."""
+
+    def __init__(self, app: ASGIApp, metrics: FrontendMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app fails before it answers
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")  # set by the router on this same scope
+            path = route.path if isinstance(route, APIRoute) else "unmatched"
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)

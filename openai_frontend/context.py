@@ -60,7 +60,8 @@ class FrontendContext:
         return self.storage.public_url(key) or str(request.url_for("get_media", key=key))
 
 
-def context(request: Request) -> FrontendContext:
+async def context(request: Request) -> FrontendContext:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop on every request.
     return request.state.ctx
 
 

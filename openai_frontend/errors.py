@@ -119,7 +119,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     if first.get("type") == "missing":
-        return f"{param} is required", param
+        return (f"{param} is required" if param else "a JSON request body is required"), param
     return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
 
 

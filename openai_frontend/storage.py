@@ -94,7 +94,15 @@ class S3Storage:
         self.prefix = prefix.strip("/")
         self.presign_expiry = presign_expiry
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client = boto3.client("s3", config=Config(signature_version="s3v4", retries={"max_attempts": 3}))
+        self._client = boto3.client(
+            "s3",
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 3},
+                connect_timeout=5,  # a store that accepts but never answers must not hold requests for minutes
+                read_timeout=30,
+            ),
+        )
         self._check_bucket()
 
     def _check_bucket(self) -> None:

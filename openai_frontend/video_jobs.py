@@ -27,7 +27,7 @@ import numpy as np
 
 from diffusion_runtime.params import VideoParams
 from openai_frontend.errors import OpenAIError
-from openai_frontend.storage import MediaStorage
+from openai_frontend.storage import MediaStorage, StorageUnavailable
 from openai_frontend.triton import ServedModel, TritonBackend
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,14 @@ class VideoJobRunner:
                     completed_at=int(time.time()),
                     error={"code": exc.code or "generation_failed", "message": exc.message},
                 )
-            except Exception as exc:  # storage or anything unexpected: the job fails, the server keeps going
+            except StorageUnavailable as exc:
+                await self.store.update(
+                    job_id,
+                    status="failed",
+                    completed_at=int(time.time()),
+                    error={"code": "storage_unavailable", "message": f"media storage failed: {exc}"},
+                )
+            except Exception as exc:  # anything unexpected: the job fails, the server keeps going
                 log.exception("video job %s failed", job_id)
                 await self.store.update(
                     job_id,

@@ -129,12 +129,15 @@ def start_stack(
         extra_args=("--state-dir", str(workdir / "state"), "--video-poll-ms", "100", *frontend_args),
         env=frontend_env,
     )
+    stack = Stack(triton, frontend, media)
     try:
         triton.start().wait_ready(timeout=900)
         frontend.start().wait_ready()
-        yield Stack(triton, frontend, media)
+        yield stack
     finally:
+        stack.frontend.stop()  # the one running now: a test may have restarted it
         frontend.stop()
+        stack.triton.stop()
         triton.stop()
 
 

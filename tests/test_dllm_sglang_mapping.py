@@ -103,7 +103,6 @@ def test_streamed_chunks_become_deltas() -> None:
 
 
 def test_argument_names_exist_in_sglang() -> None:
-    pytest.importorskip("sglang")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from sglang.srt.managers.io_struct import GenerateReqInput

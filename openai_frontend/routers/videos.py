@@ -16,17 +16,28 @@ from diffusion_runtime.params.video import check_video_mode
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError, invalid
 from openai_frontend.forms import MAX_UPLOAD_BYTES, parse_fields, read_multipart
+from openai_frontend.schemas.common import inline_json_schema
 from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from openai_frontend.triton import ServedModel, cancel_on_disconnect
 from openai_frontend.video_jobs import PENDING, VARIANTS, VideoJob, is_video_id, media_key, new_video_id
 
 router = APIRouter()
+# A blocking create answers with the status the job's failure deserves, as a synchronous call would.
+FAILED_JOB_STATUS = {
+    "invalid_value": 400,
+    "cancelled": 499,
+    "queue_full": 429,
+    "model_unavailable": 503,
+    "storage_unavailable": 503,
+    "triton_unavailable": 503,
+    "timeout": 504,
+}
 
 _CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": VideoCreateRequest.model_json_schema()},
+            "application/json": {"schema": inline_json_schema(VideoCreateRequest)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -134,7 +145,7 @@ async def _blocking_result(request: Request, ctx: FrontendContext, job: VideoJob
         raise OpenAIError(404, f"the video '{job.id}' was deleted while it was generated", code="not_found")
     if finished.status != "completed" or not finished.media_key:
         error = finished.error or {}
-        status = 400 if error.get("code") == "invalid_value" else 500
+        status = FAILED_JOB_STATUS.get(error.get("code", ""), 500)
         raise OpenAIError(
             status,
             f"video generation failed: {error.get('message', 'unknown error')}",
