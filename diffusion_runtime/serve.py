@@ -191,9 +191,24 @@ def find_tritonserver() -> TritonInstall:
     base = Path(pytriton.__file__).parent / "tritonserver"
     libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     # The stub links libpython: make it load this interpreter's own (pyenv builds ship a shared one), else
-    # stdlib C extensions inside models break against a different patch release (FACTS §1).
+    # stdlib C extensions inside models break against a different patch release (FACTS §1). A system Python's
+    # LIBDIR (/usr/lib/x86_64-linux-gnu) is searched anyway and must not go on LD_LIBRARY_PATH: that would put
+    # every system library ahead of the RUNPATHs of pip-installed CUDA libraries in the models' processes.
     libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if _is_system_library_dir(libdir):
+        libdir = ""
     return TritonInstall(base / "bin" / "tritonserver", base / "backends", [p for p in (libdir, str(libs)) if p])
+
+
+def _is_system_library_dir(path: str) -> bool:
+    """A directory the dynamic loader searches by default (``/usr/lib``, ``/lib64``, ``/usr/lib/<multiarch>``...)."""
+    if not path:
+        return False
+    resolved = Path(path).resolve()
+    roots = {Path(p).resolve() for p in ("/lib", "/lib64", "/usr/lib", "/usr/lib64")}
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    multiarch_dir = resolved.name == multiarch or resolved.name.endswith(("-linux-gnu", "-linux-gnueabihf"))
+    return resolved in roots or (resolved.parent in roots and multiarch_dir)
 
 
 def stack_environment(extra: Mapping[str, str] | None = None, library_path: Sequence[str] = ()) -> dict[str, str]:

@@ -45,6 +45,7 @@ class EngineConfig:
     sglang_attention_backend: str = ""
     sglang_sleep_on_idle: bool = False
     sglang_args: str = ""  # JSON object of further DiffGenerator.from_pretrained kwargs (tp_size, sp_degree, ...)
+    cpu_threads: int = 0  # diffusers on a CPU: torch threads per instance; 0: torch's default (one per core)
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str], device: str) -> EngineConfig:
@@ -66,6 +67,7 @@ class EngineConfig:
             sglang_attention_backend=get("sglang_attention_backend", ""),
             sglang_sleep_on_idle=get("sglang_sleep_on_idle", "false").lower() in ("1", "true", "yes"),
             sglang_args=get("sglang_args", ""),
+            cpu_threads=int(get("cpu_threads", "0")),
         )
 
     def resolved_engine(self) -> str:

@@ -1,0 +1,926 @@
+"""What serving costs on a GPU, and what the SGLang engine gains over diffusers (issue 8).
+
+Every measurement puts the served product — OpenAI HTTP request → frontend → Triton (gRPC) → the model's Python
+stub → engine → encoded file → back to the client, decoded — beside the *bare* engine: the project's own engine class
+called in this process with the same parameters and seed, plus the same file encoding (``encode_image`` /
+``encode_mp4``), producing the same bytes. Both run on the same GPU at once (two copies of the weights), so a served
+request and a bare call can be interleaved pair by pair, which cancels drift (clocks, temperature) out of the ratio.
+
+Plans (``--plan``):
+- ``image``: for each engine of ``--engines`` (FLUX.1-dev shape, 1024², 28 steps by default): latency at
+  concurrency 1 (interleaved pairs after warm-up; medians and spreads), then throughput with one instance: the
+  served stack at concurrency 4 against the bare loop, images/s.
+- ``video``: the video model (Wan2.1 1.3B shape, 832×480, 33 frames, 20 steps): served (the blocking form of
+  ``POST /v1/videos``, which returns the MP4 inline) against the bare engine + ``encode_mp4``, interleaved.
+- ``multi-gpu``: images/s with one instance per GPU on every visible GPU against one instance on GPU 0.
+
+Everything is written to ``--out/results.json`` after each phase, so a run stopped at its time limit keeps what it
+measured. ``--deadline`` (seconds from start) shrinks repetitions to what still fits. ``--tiny`` builds toy models
+of the same classes on the CPU for a dry run of this whole script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("bench_gpu")
+PROMPT = "a photograph of a red fox standing in fresh snow at golden hour, detailed fur"
+SERVED_NAME = {"image": "flux-dev-random", "video": "wan-1.3b-random"}
+
+# --- statistics --------------------------------------------------------------------------------------------------
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), q in [0, 1]."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median and spread of timings (seconds)."""
+    values = list(values)
+    median = statistics.median(values)
+    return {
+        "n": len(values),
+        "median": median,
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "p25": quantile(values, 0.25),
+        "p75": quantile(values, 0.75),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "iqr_over_median": (quantile(values, 0.75) - quantile(values, 0.25)) / median if median else 0.0,
+    }
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
+    """Per-pair ratios of interleaved runs, summarised: robust to drift that moves both sides of a pair."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError("paired ratios need two equally long, non-empty series")
+    return summarize([a / b for a, b in zip(numerators, denominators, strict=True)])
+
+
+def ratio_of_medians(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    return statistics.median(numerators) / statistics.median(denominators)
+
+
+def fit_repetitions(wanted: int, seconds_each: float, seconds_left: float, reserve: float, minimum: int = 1) -> int:
+    """How many repetitions of a ``seconds_each`` step fit in what is left after ``reserve`` (at least ``minimum``)."""
+    if seconds_each <= 0:
+        return wanted
+    return max(minimum, min(wanted, int((seconds_left - reserve) // seconds_each)))
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+
+
+class Results:
+    """One JSON document, rewritten after every phase."""
+
+    def __init__(self, path: Path, initial: dict[str, Any]) -> None:
+        self.path = path
+        self.data = initial
+        self.lock = threading.Lock()
+        self.save()
+
+    def put(self, keys: Sequence[str], value: Any) -> None:
+        with self.lock:
+            node = self.data
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = value
+            self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+# --- the served stack --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    triton: Any
+    frontend: Any
+    model: str
+
+    def metrics(self) -> dict[str, float]:
+        """The image/video models' own counters on Triton's /metrics (cumulative seconds per phase, requests)."""
+        import httpx
+
+        try:
+            text = httpx.get(self.triton.metrics_url, timeout=10).text
+        except Exception:  # metrics are context, never a reason to fail a run
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(("diffusion_seconds_total{", "diffusion_requests_total{", "diffusion_steps_total{")):
+                key, _, value = line.rpartition(" ")
+                out[key] = out.get(key, 0.0) + float(value)
+        return out
+
+    def stop(self) -> None:
+        self.frontend.stop()
+        self.triton.stop()
+
+
+def start_triton(specs, gpus: Sequence[int], workdir: Path, env: dict[str, str]):
+    """Render the repository for these GPUs and start tritonserver (loading in the background)."""
+    from diffusion_runtime.serve import TritonServer, render_repository
+
+    repository = render_repository(specs, workdir / "model_repository", gpus)
+    return TritonServer(repository, log_file=workdir / "tritonserver.log", env=env).start()
+
+
+def finish_stack(triton, workdir: Path, model: str, env: dict[str, str], load_timeout: float) -> Served:
+    from diffusion_runtime.serve import Frontend
+
+    triton.wait_ready(timeout=load_timeout)
+    frontend = Frontend(
+        triton,
+        fs_url=f"file://{workdir / 'media'}",
+        log_file=workdir / "frontend.log",
+        extra_args=("--state-dir", str(workdir / "state"), "--log-level", "warning"),
+        env=env,
+    )
+    frontend.start().wait_ready()
+    return Served(triton, frontend, model)
+
+
+def post_image(client, model: str, size: tuple[int, int], steps: int, seed: int) -> tuple[float, bytes]:
+    """One served image, b64_json: seconds from sending to having the decoded file, and the file."""
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "size": f"{size[0]}x{size[1]}",
+        "n": 1,
+        "response_format": "b64_json",
+        "output_format": "png",
+        "num_inference_steps": steps,
+        "seed": seed,
+    }
+    start = time.perf_counter()
+    response = client.post("/v1/images/generations", json=body)
+    if response.status_code != 200:
+        raise RuntimeError(f"image request failed: {response.status_code} {response.text[:500]}")
+    data = base64.b64decode(response.json()["data"][0]["b64_json"])
+    return time.perf_counter() - start, data
+
+
+def post_video(client, model: str, size: tuple[int, int], frames: int, steps: int, seed: int) -> tuple[float, bytes]:
+    """One served video through the blocking create (``response_format``): the MP4 comes back inline."""
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "size": f"{size[0]}x{size[1]}",
+        "num_frames": frames,
+        "num_inference_steps": steps,
+        "seed": seed,
+        "response_format": "b64_json",
+    }
+    start = time.perf_counter()
+    response = client.post("/v1/videos", json=body)
+    if response.status_code != 200:
+        raise RuntimeError(f"video request failed: {response.status_code} {response.text[:500]}")
+    data = base64.b64decode(response.json()["data"][0]["b64_json"])
+    return time.perf_counter() - start, data
+
+
+# --- the bare engine ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BareTiming:
+    total: float
+    engine: float
+    encode: float
+    data: bytes
+
+
+class BareImage:
+    """The image model's engine, in this process, plus the model's own PNG encoding."""
+
+    def __init__(self, parameters: dict[str, str], device: str) -> None:
+        from diffusion_runtime.engines import EngineConfig, create_image_engine
+        from diffusion_runtime.params import ImageLimits
+
+        self.limits = ImageLimits.from_parameters(parameters)
+        self.png_level = int(parameters.get("png_compress_level") or 1)
+        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
+
+    def run(self, size: tuple[int, int], steps: int, seed: int) -> BareTiming:
+        from diffusion_runtime.media import encode_image
+        from diffusion_runtime.params import validate_image_params
+
+        start = time.perf_counter()
+        params = validate_image_params(
+            self.limits, prompt=PROMPT, width=size[0], height=size[1], n=1, num_inference_steps=steps, seed=seed
+        )
+        (image,) = self.engine.generate(params, lambda done, total: None)
+        generated = time.perf_counter()
+        data = encode_image(image, params.output_format, params.output_compression, self.png_level)
+        end = time.perf_counter()
+        return BareTiming(end - start, generated - start, end - generated, data)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class BareVideo:
+    def __init__(self, parameters: dict[str, str], device: str) -> None:
+        from diffusion_runtime.engines import EngineConfig, create_video_engine
+        from diffusion_runtime.params import VideoLimits
+
+        self.limits = VideoLimits.from_parameters(parameters)
+        self.crf = int(parameters.get("mp4_crf") or 18)
+        self.engine = create_video_engine(EngineConfig.from_parameters(parameters, device))
+
+    def run(self, size: tuple[int, int], frames: int, steps: int, seed: int) -> BareTiming:
+        from diffusion_runtime.media import encode_mp4
+        from diffusion_runtime.params import validate_video_params
+
+        start = time.perf_counter()
+        params = validate_video_params(
+            self.limits,
+            prompt=PROMPT,
+            width=size[0],
+            height=size[1],
+            num_frames=frames,
+            num_inference_steps=steps,
+            seed=seed,
+        )
+        video = self.engine.generate(params, None, lambda done, total: None)
+        generated = time.perf_counter()
+        data = encode_mp4(video, params.fps, self.crf)
+        end = time.perf_counter()
+        return BareTiming(end - start, generated - start, end - generated, data)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def release_gpu() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: S110 - best effort
+        pass
+
+
+# --- settings ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    tiny: bool
+    out: Path
+    work: Path
+    model_root: Path
+    assets: Path
+    device: str
+    gpus: list[int]
+    image_size: tuple[int, int]
+    image_steps: int
+    video_size: tuple[int, int]
+    video_frames: int
+    video_steps: int
+    pairs: int
+    throughput_images: int
+    concurrency: int
+    video_pairs: int
+    load_timeout: float
+    sglang_attention_backend: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def image_parameters(settings: Settings, engine: str, model_path: Path) -> dict[str, str]:
+    parameters = {
+        "model_path": str(model_path),
+        "served_model_name": SERVED_NAME["image"],
+        "engine": engine,
+        "png_compress_level": "1",
+        "max_size": "2048",
+    }
+    if engine == "sglang":
+        parameters.update(
+            sglang_backend="sglang",  # SGLang's native pipeline; never a silent fall back to its diffusers backend
+            sglang_model_id="FLUX.1-dev",
+            sglang_attention_backend=settings.sglang_attention_backend,
+        )
+        if settings.tiny:
+            parameters["sglang_sleep_on_idle"] = "true"  # a 2-core CPU cannot spare a busy-polling core per generator
+    return parameters
+
+
+def video_parameters(settings: Settings, engine: str, model_path: Path) -> dict[str, str]:
+    parameters = {
+        "model_path": str(model_path),
+        "served_model_name": SERVED_NAME["video"],
+        "engine": engine,
+        "video_mode": "t2v",
+    }
+    if engine == "sglang":
+        parameters.update(
+            sglang_backend="sglang",  # SGLang's native Wan pipeline, no silent fall back to its diffusers backend
+            sglang_model_id="Wan2.1-T2V-1.3B-Diffusers",
+            sglang_attention_backend=settings.sglang_attention_backend,
+        )
+        if settings.tiny:
+            parameters.update(sglang_backend="diffusers", sglang_sleep_on_idle="true")
+    return parameters
+
+
+def ensure_model(settings: Settings, kind: str, results: Results) -> Path:
+    """The random-weight model folder, built once per machine by a separate process (its GPU memory is freed)."""
+    target = settings.model_root / (f"{kind}-mini" if settings.tiny else kind)
+    if (target / "random_weights.json").exists():
+        return target
+    source = settings.assets / ("tiny-flux" if kind == "flux" else "tiny-wan-t2v")
+    command = [sys.executable, str(HERE / "make_models.py"), kind, str(target), str(source)]
+    command += ["--device", "cpu", "--mini"] if settings.tiny else ["--device", "cuda"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **settings.env})
+    (settings.work / f"make_{kind}.log").write_text(done.stdout + done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"building the {kind} model failed:\n{done.stderr[-3000:]}")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    info["wall_s"] = round(time.perf_counter() - start, 1)
+    results.put(["models", kind], info)
+    log.info("built %s in %.0f s: %s", kind, info["wall_s"], info)
+    return target
+
+
+# --- phases ------------------------------------------------------------------------------------------------------
+
+
+def measure_image_engine(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+    import httpx
+
+    from diffusion_runtime.serve import ModelSpec
+
+    key = ["image", engine]
+    model_path = ensure_model(settings, "flux", results)
+    parameters = image_parameters(settings, engine, model_path)
+    results.put([*key, "parameters"], parameters)
+    workdir = settings.work / f"image-{engine}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    size, steps = settings.image_size, settings.image_steps
+
+    t0 = time.perf_counter()
+    triton = start_triton([ModelSpec("image_diffusion", parameters)], settings.gpus, workdir, settings.env)
+    served = None
+    bare = None
+    try:
+        bare = BareImage(parameters, settings.device)  # loads while Triton loads its own copy
+        bare_loaded = time.perf_counter() - t0
+        served = finish_stack(triton, workdir, SERVED_NAME["image"], settings.env, settings.load_timeout)
+        results.put([*key, "load_s"], {"bare": bare_loaded, "served_ready": time.perf_counter() - t0})
+        log.info("[%s] loaded: bare %.1f s, served ready after %.1f s", engine, bare_loaded, time.perf_counter() - t0)
+
+        client = httpx.Client(base_url=served.frontend.url, timeout=900)
+        # Warm-up: the bare engine first (SGLang compiles its Triton kernels into the shared on-disk cache), then
+        # the served stack, which then finds them compiled.
+        first_bare = bare.run(size, steps, seed=1)
+        first_served, _ = post_image(client, served.model, size, steps, seed=1)
+        second_bare = bare.run(size, steps, seed=2)
+        second_served, _ = post_image(client, served.model, size, steps, seed=2)
+        results.put(
+            [*key, "warmup_s"],
+            {"bare": [first_bare.total, second_bare.total], "served": [first_served, second_served]},
+        )
+        log.info(
+            "[%s] warm-up: bare %.2f/%.2f s, served %.2f/%.2f s",
+            engine,
+            first_bare.total,
+            second_bare.total,
+            first_served,
+            second_served,
+        )
+
+        # Latency at concurrency 1: interleaved pairs (served first on even pairs, bare first on odd ones).
+        per_pair = max(second_bare.total, 0.01) + max(second_served, 0.01)
+        throughput_cost = 2 * settings.throughput_images * second_bare.total + 30
+        pairs = fit_repetitions(settings.pairs, per_pair, deadline.left(), reserve=throughput_cost + 60, minimum=3)
+        metrics_before = served.metrics()
+        served_s, bare_s, bare_engine_s, bare_encode_s, same, sizes = [], [], [], [], [], []
+        for index in range(pairs):
+            seed = 100 + index
+            order = ("served", "bare") if index % 2 == 0 else ("bare", "served")
+            for side in order:
+                if side == "served":
+                    seconds, served_file = post_image(client, served.model, size, steps, seed)
+                    served_s.append(seconds)
+                else:
+                    timing = bare.run(size, steps, seed)
+                    bare_s.append(timing.total)
+                    bare_engine_s.append(timing.engine)
+                    bare_encode_s.append(timing.encode)
+                    bare_file = timing.data
+            same.append(served_file == bare_file)
+            sizes.append(len(bare_file))
+            if index == 0:
+                (settings.work / f"sample-image-{engine}.png").write_bytes(served_file)
+        metrics_after = served.metrics()
+        latency = {
+            "pairs": pairs,
+            "served_s": served_s,
+            "bare_s": bare_s,
+            "bare_engine_s": bare_engine_s,
+            "bare_encode_s": bare_encode_s,
+            "served": summarize(served_s),
+            "bare": summarize(bare_s),
+            "bare_engine": summarize(bare_engine_s),
+            "bare_encode": summarize(bare_encode_s),
+            "served_over_bare": ratio_of_medians(served_s, bare_s),
+            "served_over_bare_paired": paired_ratios(served_s, bare_s),
+            "served_minus_bare_median_s": statistics.median(served_s) - statistics.median(bare_s),
+            "identical_files": same,
+            "file_bytes": sizes,
+            "served_model_metrics_delta": _delta(metrics_before, metrics_after),
+        }
+        results.put([*key, "latency"], latency)
+        log.info(
+            "[%s] latency over %d pairs: served %.3f s, bare %.3f s (engine %.3f, encode %.3f), ratio %.4f, "
+            "identical %s",
+            engine,
+            pairs,
+            latency["served"]["median"],
+            latency["bare"]["median"],
+            latency["bare_engine"]["median"],
+            latency["bare_encode"]["median"],
+            latency["served_over_bare"],
+            same,
+        )
+
+        # Throughput with one instance: the served stack at concurrency C against the bare loop.
+        each = statistics.median(bare_s)
+        count = fit_repetitions(settings.throughput_images, 2 * each, deadline.left(), reserve=45, minimum=2)
+        count = max(count, min(settings.concurrency, settings.throughput_images))
+        bare_wall = _bare_loop(bare, size, steps, count)
+        served_wall, served_each = _served_concurrent(served, size, steps, count, settings.concurrency)
+        throughput = {
+            "images": count,
+            "concurrency": settings.concurrency,
+            "served_wall_s": served_wall,
+            "bare_wall_s": bare_wall,
+            "served_images_per_s": count / served_wall,
+            "bare_images_per_s": count / bare_wall,
+            "served_over_bare": (count / served_wall) / (count / bare_wall),
+            "served_request_s": served_each,
+        }
+        results.put([*key, "throughput"], throughput)
+        log.info(
+            "[%s] throughput, %d images: served %.4f img/s at concurrency %d, bare loop %.4f img/s, ratio %.4f",
+            engine,
+            count,
+            throughput["served_images_per_s"],
+            settings.concurrency,
+            throughput["bare_images_per_s"],
+            throughput["served_over_bare"],
+        )
+        results.put([*key, "gpu_memory_mib"], gpu_memory())
+    finally:
+        if served is not None:
+            served.stop()
+        else:
+            triton.stop()
+        if bare is not None:
+            bare.close()
+        del bare
+        release_gpu()
+
+
+def _bare_loop(bare: BareImage, size, steps: int, count: int) -> float:
+    start = time.perf_counter()
+    for index in range(count):
+        bare.run(size, steps, seed=500 + index)
+    return time.perf_counter() - start
+
+
+def _served_concurrent(served: Served, size, steps: int, count: int, concurrency: int) -> tuple[float, list[float]]:
+    """``count`` requests from ``concurrency`` clients, each sending its next request when the last one returns."""
+    import httpx
+
+    seeds = iter(range(900, 900 + count))
+    lock = threading.Lock()
+    durations: list[float] = []
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=served.frontend.url, timeout=1800) as client:
+            while True:
+                with lock:
+                    seed = next(seeds, None)
+                if seed is None:
+                    return
+                seconds, _ = post_image(client, served.model, size, steps, seed)
+                with lock:
+                    durations.append(seconds)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client_loop) for _ in range(concurrency)]:
+            future.result()
+    return time.perf_counter() - start, durations
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0)}
+
+
+def measure_video(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+    import httpx
+
+    from diffusion_runtime.serve import REPOSITORY, ModelSpec
+
+    key = ["video", engine]
+    if not (REPOSITORY / "video_generation" / "config.pbtxt").exists():
+        results.put([*key, "skipped"], "no video_generation model in this checkout")
+        return
+    model_path = ensure_model(settings, "wan", results)
+    parameters = video_parameters(settings, engine, model_path)
+    results.put([*key, "parameters"], parameters)
+    workdir = settings.work / f"video-{engine}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    size, frames, steps = settings.video_size, settings.video_frames, settings.video_steps
+
+    t0 = time.perf_counter()
+    triton = start_triton([ModelSpec("video_generation", parameters)], settings.gpus, workdir, settings.env)
+    served = None
+    bare = None
+    try:
+        bare = BareVideo(parameters, settings.device)
+        served = finish_stack(triton, workdir, SERVED_NAME["video"], settings.env, settings.load_timeout)
+        results.put([*key, "load_s"], {"served_ready": time.perf_counter() - t0})
+        client = httpx.Client(base_url=served.frontend.url, timeout=1800)
+        warm_bare = bare.run(size, frames, steps, seed=1)
+        warm_served, _ = post_video(client, served.model, size, frames, steps, seed=1)
+        results.put([*key, "warmup_s"], {"bare": warm_bare.total, "served": warm_served})
+        log.info("[video %s] warm-up: bare %.2f s, served %.2f s", engine, warm_bare.total, warm_served)
+        pairs = fit_repetitions(settings.video_pairs, warm_bare.total + warm_served, deadline.left(), 20, minimum=1)
+        metrics_before = served.metrics()
+        served_s, bare_s, bare_engine_s, bare_encode_s, same, sizes = [], [], [], [], [], []
+        for index in range(pairs):
+            seed = 100 + index
+            for side in ("served", "bare") if index % 2 == 0 else ("bare", "served"):
+                if side == "served":
+                    seconds, served_file = post_video(client, served.model, size, frames, steps, seed)
+                    served_s.append(seconds)
+                else:
+                    timing = bare.run(size, frames, steps, seed)
+                    bare_s.append(timing.total)
+                    bare_engine_s.append(timing.engine)
+                    bare_encode_s.append(timing.encode)
+                    bare_file = timing.data
+            same.append(served_file == bare_file)
+            sizes.append(len(bare_file))
+            if index == 0:
+                (settings.work / f"sample-video-{engine}.mp4").write_bytes(served_file)
+        latency = {
+            "pairs": pairs,
+            "served_s": served_s,
+            "bare_s": bare_s,
+            "bare_engine_s": bare_engine_s,
+            "bare_encode_s": bare_encode_s,
+            "served": summarize(served_s),
+            "bare": summarize(bare_s),
+            "bare_engine": summarize(bare_engine_s),
+            "bare_encode": summarize(bare_encode_s),
+            "served_over_bare": ratio_of_medians(served_s, bare_s),
+            "served_over_bare_paired": paired_ratios(served_s, bare_s),
+            "identical_files": same,
+            "file_bytes": sizes,
+            "served_model_metrics_delta": _delta(metrics_before, served.metrics()),
+        }
+        results.put([*key, "latency"], latency)
+        log.info(
+            "[video %s] %d pairs: served %.2f s, bare %.2f s (engine %.2f, encode %.2f), ratio %.4f, identical %s",
+            engine,
+            pairs,
+            latency["served"]["median"],
+            latency["bare"]["median"],
+            latency["bare_engine"]["median"],
+            latency["bare_encode"]["median"],
+            latency["served_over_bare"],
+            same,
+        )
+        results.put([*key, "gpu_memory_mib"], gpu_memory())
+    finally:
+        if served is not None:
+            served.stop()
+        else:
+            triton.stop()
+        if bare is not None:
+            bare.close()
+        del bare
+        release_gpu()
+
+
+def measure_multi_gpu(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+    """Images/s with one instance on GPU 0, then one instance on each visible GPU; same request mix."""
+    from diffusion_runtime.serve import ModelSpec
+
+    key = ["multi_gpu", engine]
+    model_path = ensure_model(settings, "flux", results)
+    parameters = image_parameters(settings, engine, model_path)
+    results.put([*key, "parameters"], parameters)
+    size, steps = settings.image_size, settings.image_steps
+    layouts = [settings.gpus[:1], settings.gpus] if len(settings.gpus) > 1 else [settings.gpus]
+    for index, gpus in enumerate(layouts):
+        share = Deadline(deadline.left() / (len(layouts) - index))
+        label = f"{len(gpus)}_gpu" if gpus else "cpu"
+        workdir = settings.work / f"multi-{engine}-{label}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        triton = start_triton([ModelSpec("image_diffusion", parameters)], gpus, workdir, settings.env)
+        served = None
+        try:
+            served = finish_stack(triton, workdir, SERVED_NAME["image"], settings.env, settings.load_timeout)
+            loaded = time.perf_counter() - t0
+            instances = max(1, len(gpus))
+            # Warm every instance: as many concurrent requests as instances (Triton hands each to an idle one).
+            warm_wall, warm_each = _served_concurrent(served, size, steps, instances, instances)
+            per_image = max(warm_each) if warm_each else 1.0
+            wanted = settings.throughput_images * instances
+            count = fit_repetitions(wanted, per_image / instances, share.left(), reserve=30, minimum=2 * instances)
+            concurrency = settings.concurrency * instances  # the same load per instance as the one-GPU runs
+            wall, each = _served_concurrent(served, size, steps, count, concurrency)
+            entry = {
+                "gpus": gpus,
+                "instances": instances,
+                "load_s": loaded,
+                "warmup_wall_s": warm_wall,
+                "images": count,
+                "concurrency": concurrency,
+                "wall_s": wall,
+                "images_per_s": count / wall,
+                "request_s": summarize(each),
+            }
+            results.put([*key, label], entry)
+            log.info("[multi-gpu %s] %s: %d images in %.1f s = %.4f img/s", engine, label, count, wall, count / wall)
+        finally:
+            if served is not None:
+                served.stop()
+            else:
+                triton.stop()
+            release_gpu()
+    one, many = results.data[key[0]][engine].get("1_gpu"), results.data[key[0]][engine].get(f"{len(settings.gpus)}_gpu")
+    if one and many and many is not one:
+        results.put([*key, "speedup"], many["images_per_s"] / one["images_per_s"])
+
+
+def summary_lines(data: dict[str, Any]) -> str:
+    """The headline numbers, last in the output (the device tool returns the output's tail)."""
+    lines = ["=== summary", f"device: {data.get('device', {}).get('gpus')}"]
+    for kind in ("image", "video"):
+        for engine, entry in data.get(kind, {}).items():
+            latency, throughput = entry.get("latency"), entry.get("throughput")
+            if latency:
+                lines.append(
+                    f"{kind} {engine}: latency served {latency['served']['median']:.3f} s / bare "
+                    f"{latency['bare']['median']:.3f} s (engine {latency['bare_engine']['median']:.3f}, encode "
+                    f"{latency['bare_encode']['median']:.3f}) = {latency['served_over_bare']:.4f} over "
+                    f"{latency['pairs']} pairs; identical files {sum(latency['identical_files'])}"
+                    f"/{len(latency['identical_files'])}"
+                )
+            if throughput:
+                lines.append(
+                    f"{kind} {engine}: throughput served {throughput['served_images_per_s']:.4f} img/s / bare "
+                    f"{throughput['bare_images_per_s']:.4f} img/s = {throughput['served_over_bare']:.4f} "
+                    f"({throughput['images']} images, concurrency {throughput['concurrency']})"
+                )
+    for engine, entry in data.get("multi_gpu", {}).items():
+        for label, layout in entry.items():
+            if isinstance(layout, dict) and "images_per_s" in layout:
+                lines.append(
+                    f"multi-gpu {engine} {label}: {layout['images_per_s']:.4f} img/s ({layout['images']} images)"
+                )
+        if "speedup" in entry:
+            lines.append(f"multi-gpu {engine}: speedup {entry['speedup']:.3f}")
+    for name, error in data.get("errors", {}).items():
+        lines.append(f"ERROR {name}: {error.strip().splitlines()[-1][:300]}")
+    for name, why in data.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {why}")
+    return "\n".join(lines)
+
+
+# --- environment -------------------------------------------------------------------------------------------------
+
+
+def gpu_memory() -> list[str]:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return out.stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+def describe_device() -> dict[str, Any]:
+    info: dict[str, Any] = {"host": platform.node(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # noqa: BLE001
+        info["torch_error"] = repr(exc)
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        info["nvidia_smi"] = out.stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        info["nvidia_smi"] = []
+    for name in ("numpy", "diffusers", "transformers", "sglang", "tritonclient", "fastapi", "uvicorn"):
+        try:
+            from importlib.metadata import version
+
+            info[name] = version(name)
+        except Exception:  # noqa: BLE001
+            info[name] = None
+    return info
+
+
+def visible_gpus() -> list[int]:
+    from diffusion_runtime.serve import detect_gpus
+
+    return detect_gpus()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    tiny = args.tiny
+    gpus = [] if tiny else visible_gpus()
+    if args.gpus is not None:
+        gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(args.work / "hf")}
+    return Settings(
+        tiny=tiny,
+        out=args.out,
+        work=args.work,
+        model_root=args.model_root,
+        assets=args.assets,
+        device="cuda:0" if gpus else "cpu",
+        gpus=gpus,
+        image_size=parse_size(args.image_size or ("64x64" if tiny else "1024x1024")),
+        image_steps=args.image_steps or (2 if tiny else 28),
+        video_size=parse_size(args.video_size or ("64x64" if tiny else "832x480")),
+        video_frames=args.video_frames or (9 if tiny else 33),
+        video_steps=args.video_steps or (2 if tiny else 20),
+        pairs=args.pairs,
+        throughput_images=args.throughput_images,
+        concurrency=args.concurrency,
+        video_pairs=args.video_pairs,
+        load_timeout=args.load_timeout,
+        sglang_attention_backend=args.sglang_attention_backend,
+        env=env,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", required=True, help="comma list of image, video, multi-gpu")
+    parser.add_argument("--engines", default="sglang,diffusers", help="image engines, in order")
+    parser.add_argument("--video-engines", default="diffusers")
+    parser.add_argument("--multi-gpu-engine", default="diffusers")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu-work"))
+    parser.add_argument("--model-root", type=Path, default=None, help="where model folders are built (default: RAM)")
+    parser.add_argument("--assets", type=Path, required=True, help="the packed tokenizer folders (pack's assets/)")
+    parser.add_argument("--deadline", type=float, default=540.0, help="seconds this run may take")
+    parser.add_argument("--tiny", action="store_true", help="toy models on the CPU: a dry run of everything")
+    parser.add_argument("--gpus", default=None)
+    parser.add_argument("--image-size", default=None)
+    parser.add_argument("--image-steps", type=int, default=None)
+    parser.add_argument("--video-size", default=None)
+    parser.add_argument("--video-frames", type=int, default=None)
+    parser.add_argument("--video-steps", type=int, default=None)
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--video-pairs", type=int, default=3)
+    parser.add_argument("--throughput-images", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--load-timeout", type=float, default=400.0)
+    parser.add_argument("--sglang-attention-backend", default="torch_sdpa")
+    args = parser.parse_args(argv)
+    if args.model_root is None:
+        shm = Path("/dev/shm")
+        free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.exists() else 0
+        args.model_root = shm / "td-models" if free > 40 * 2**30 or args.tiny else Path("/tmp/td-models")
+    for folder in (args.out, args.work, args.model_root):
+        folder.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    deadline = Deadline(args.deadline)
+    settings = build_settings(args)
+    results = Results(
+        args.out / "results.json",
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv,
+            "device": describe_device(),
+            "settings": {k: v for k, v in vars(settings).items() if k != "env"},
+        },
+    )
+    log.info("device: %s", results.data["device"])
+    plans = [p.strip() for p in args.plan.split(",") if p.strip()]
+    unknown = set(plans) - {"image", "video", "multi-gpu"}
+    if unknown:
+        raise SystemExit(f"unknown plan(s) {sorted(unknown)}")
+    phases: list[tuple[str, Callable[[Deadline], None]]] = []
+    for plan in plans:
+        if plan == "image":
+            for engine in args.engines.split(","):
+                phases.append((f"image {engine}", lambda d, e=engine: measure_image_engine(settings, e, results, d)))
+        elif plan == "video":
+            for engine in args.video_engines.split(","):
+                phases.append((f"video {engine}", lambda d, e=engine: measure_video(settings, e, results, d)))
+        else:
+            engine = args.multi_gpu_engine
+            phases.append((f"multi-gpu {engine}", lambda d, e=engine: measure_multi_gpu(settings, e, results, d)))
+    failures = 0
+    # Models first (one process each, GPU memory freed when it exits), then the phases share what time is left.
+    needed = (["flux"] if {"image", "multi-gpu"} & set(plans) else []) + (["wan"] if "video" in plans else [])
+    for kind in needed:
+        try:
+            ensure_model(settings, kind, results)
+        except Exception as exc:  # noqa: BLE001 - recorded; the phases needing it fail on their own
+            failures += 1
+            results.put(["errors", f"build {kind}"], "".join(traceback.format_exception(exc))[-6000:])
+            log.error("building %s failed: %s", kind, exc)
+    for index, (name, phase) in enumerate(phases):
+        if deadline.left() < 60:
+            results.put(["skipped", name], f"out of time ({deadline.left():.0f} s left)")
+            log.info("skipping %s: out of time", name)
+            continue
+        share = Deadline(deadline.left() / (len(phases) - index))
+        log.info("=== %s (%.0f s of %.0f s left)", name, share.left(), deadline.left())
+        try:
+            phase(share)
+        except Exception as exc:  # noqa: BLE001 - one phase failing must not lose the others' results
+            failures += 1
+            results.put(["errors", name], "".join(traceback.format_exception(exc))[-6000:])
+            log.error("%s failed: %s", name, exc)
+    results.put(["finished"], time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    print(summary_lines(results.data), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

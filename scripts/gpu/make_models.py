@@ -1,0 +1,233 @@
+"""Build diffusers model folders of the published shapes with random weights, on the GPU itself (weights never travel).
+
+``flux``: FLUX.1-dev (``black-forest-labs/FLUX.1-dev``'s configs): the 11.9 B-parameter transformer (19 double and
+38 single blocks, 24 heads of 128, joint attention width 4096, pooled width 768, guidance embedding) and the
+16-channel VAE (128/256/512/512, two layers per block). Text encoders keep the widths the transformer consumes but
+not the depth: CLIP-L's width (768, 12 heads, MLP 3072) with 1 of its 12 layers, and T5-XXL's width (4096, 64 heads
+of 64, gated-GELU MLP 10240) with 1 of its 24 layers; their vocabularies are those of the tiny models' trained
+tokenizers (which travel). The prompt still becomes 512 T5 tokens and a 768-wide pooled vector, so the
+transformer sees the real sequence length (4096 image + 512 text tokens at 1024²). The 34 missing encoder layers
+(~4.8 B parameters) run once per image, not per step: about 10 ms on an H100.
+
+``wan``: Wan2.1-T2V-1.3B (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``): the transformer (30 layers, 12 heads of 128,
+FFN 8960, text width 4096) and the Wan 2.1 VAE (diffusers' defaults are its config), UniPC flow-matching scheduler
+(shift 3.0). The UMT5-XXL text encoder keeps its width (4096, 64 heads of 64, MLP 10240) with 1 of 24 layers.
+
+``--mini`` builds the same classes at toy widths (for dry runs on a CPU). Random weights are PyTorch's default
+initialisation, in bfloat16 (float32 with ``--mini``); a fixed seed makes the folder the same on every machine.
+
+usage: python make_models.py {flux,wan} OUT TOKENIZERS_DIR [--mini] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    force_upcast=True,
+)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=1, num_attention_heads=12)
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64)
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+
+# Toy widths for --mini (CPU dry runs): same classes, same wiring.
+MINI_FLUX_TRANSFORMER = {
+    **FLUX_TRANSFORMER,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "axes_dims_rope": (4, 6, 6),
+}
+MINI_FLUX_VAE = {**FLUX_VAE, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 1, "norm_num_groups": 4}
+MINI_CLIP = dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=4)
+MINI_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+MINI_WAN = {
+    **WAN_1_3B,
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "text_dim": 32,
+    "freq_dim": 32,
+    "ffn_dim": 64,
+    "num_layers": 2,
+    "rope_max_seq_len": 32,
+}
+MINI_WAN_VAE = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
+
+
+def _t5_kwargs(vocab_size: int, shape: dict) -> dict:
+    return dict(
+        vocab_size=vocab_size,
+        num_decoder_layers=0,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        tie_word_embeddings=False,
+        is_encoder_decoder=False,
+        use_cache=False,
+        **shape,
+    )
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def build_flux(out: Path, tokenizers: Path, mini: bool, device: str):
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer, tokenizer_2 = _tokenizer(tokenizers / "tokenizer"), _tokenizer(tokenizers / "tokenizer_2")
+    with torch.device(device):
+        torch.manual_seed(0)
+        transformer = FluxTransformer2DModel(**(MINI_FLUX_TRANSFORMER if mini else FLUX_TRANSFORMER))
+        vae = AutoencoderKL(**(MINI_FLUX_VAE if mini else FLUX_VAE))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **(MINI_CLIP if mini else CLIP_L),
+            )
+        )
+        text_encoder_2 = T5EncoderModel(T5Config(**_t5_kwargs(len(tokenizer_2), MINI_T5 if mini else T5_XXL)))
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(tokenizers / "scheduler"))
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def build_wan(out: Path, tokenizers: Path, mini: bool, device: str):
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = _tokenizer(tokenizers / "tokenizer")
+    with torch.device(device):
+        torch.manual_seed(0)
+        transformer = WanTransformer3DModel(**(MINI_WAN if mini else WAN_1_3B))
+        vae = AutoencoderKLWan(**(MINI_WAN_VAE if mini else {}))
+        text_encoder = UMT5EncoderModel(UMT5Config(**_t5_kwargs(len(tokenizer), MINI_T5 if mini else T5_XXL)))
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    )
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+
+
+BUILDERS = {"flux": build_flux, "wan": build_wan}
+
+
+def build(kind: str, out: Path, tokenizers: Path, mini: bool = False, device: str = "cuda") -> dict:
+    """Build and save one model folder; returns what was built (parameter counts, seconds)."""
+    import torch
+
+    started = time.perf_counter()
+    torch.set_grad_enabled(False)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32 if mini else torch.bfloat16)
+    try:
+        pipe = BUILDERS[kind](out, tokenizers, mini, device)
+    finally:
+        torch.set_default_dtype(previous)
+    built = time.perf_counter()
+    params = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp), max_shard_size="50GB")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    info = {
+        "kind": kind,
+        "mini": mini,
+        "parameters": params,
+        "dtype": "float32" if mini else "bfloat16",
+        "build_s": round(built - started, 2),
+        "save_s": round(time.perf_counter() - built, 2),
+        "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+    }
+    (out / "random_weights.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=sorted(BUILDERS))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("tokenizers", type=Path, help="a tiny model folder whose tokenizers and scheduler to reuse")
+    parser.add_argument("--mini", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    print(json.dumps(build(args.kind, args.out, args.tokenizers, args.mini, args.device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
