@@ -309,6 +309,8 @@ class TritonServer:
         self.process = subprocess.Popen(
             command,
             env=stack_environment(self.extra_env, install.library_path),
+            # The Python stub does not pass PYTHONPATH on to models; started here, they import the project.
+            cwd=PROJECT_ROOT,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
