@@ -7,8 +7,10 @@ rather than imported here; everything else in this package stays importable (and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,10 +85,20 @@ def read_bytes(pb_utils: Any, request: Any, name: str) -> bytes | None:
     return bytes(value) if not isinstance(value, bytes) else value
 
 
-def cancellation_check(request: Any) -> Callable[[int, int], None]:
-    """A step hook for engines: raises ``GenerationCancelled`` once Triton marks the request cancelled."""
+def cancellation_check(request: Any, min_interval: float = 0.01) -> Callable[[int, int], None]:
+    """A step hook for engines: raises ``GenerationCancelled`` once Triton marks the request cancelled.
+
+    ``is_cancelled()`` is a round trip to the Triton process (about 0.06 ms on the CPU machine), so it is asked at
+    step 0 (a request cancelled while queued does no work) and then at most every ``min_interval`` seconds: the
+    dLLM decoder calls this after every refinement step, which on a CPU made 65 round trips, ~4% of a request."""
+    last = -math.inf
 
     def on_step(step: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if step and now - last < min_interval:
+            return
+        last = now
         if request.is_cancelled():
             raise GenerationCancelled(f"cancelled by the client at step {step}/{total}")
 

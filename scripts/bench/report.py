@@ -1,0 +1,443 @@
+"""Result files: the JSON (everything measured), a markdown section, and the latency/throughput plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scripts.bench.stats import median, rows_as_table
+
+SCHEMA = "triton-diffusion-bench/1"
+REQUIRED_KEYS = ("schema", "date", "mode", "machine", "config", "targets")
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def check_shape(results: dict[str, Any]) -> list[str]:
+    """Problems with a result document's shape (empty when it is well formed)."""
+    problems = [f"missing key {key!r}" for key in REQUIRED_KEYS if key not in results]
+    if results.get("schema") != SCHEMA:
+        problems.append(f"schema is {results.get('schema')!r}, expected {SCHEMA!r}")
+    for target in results.get("targets", []):
+        for key in ("name", "goal", "measured", "met"):
+            if key not in target:
+                problems.append(f"target {target.get('name', '?')} lacks {key!r}")
+    for row in results.get("load", {}).get("sweep", []):
+        for key in ("path", "concurrency", "images_per_s", "p50_ms", "p95_ms", "errors"):
+            if key not in row:
+                problems.append(f"load row lacks {key!r}: {row}")
+    return problems
+
+
+# --- targets -------------------------------------------------------------------------------------------------
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = []
+    image = results.get("overhead", {}).get("image_64")
+    if image:
+        diff = image["differences_ms"]["served_minus_bare"]
+        other = diff["other"]
+        gen_ratio = image["gen_ratio_vs_bare"]["served"]["median"]
+        targets.append(
+            {
+                "name": "images: served adds <= 5 ms p50 over bare at 64²",
+                "goal": 5.0,
+                "measured": other["median_of_differences"],
+                "unit": "ms",
+                "met": other["median_of_differences"] <= 5.0,
+                "detail": {
+                    "non_denoise_paired_median_ms": other["median_of_differences"],
+                    "non_denoise_ci95_ms": other["ci95"],
+                    "end_to_end_p50_difference_ms": diff["wall"]["difference_of_medians"],
+                    "end_to_end_paired_median_ms": diff["wall"]["median_of_differences"],
+                    "end_to_end_ci95_ms": diff["wall"]["ci95"],
+                    "served_denoise_time_ratio_vs_bare": gen_ratio,
+                    "triton_share_ms": image["differences_ms"]["triton_minus_bare"]["other"]["median_of_differences"],
+                    "frontend_share_ms": image["differences_ms"]["served_minus_triton"]["other"][
+                        "median_of_differences"
+                    ],
+                },
+            }
+        )
+    target = results.get("load", {}).get("target")
+    if target and target.get("ratio", {}).get("n"):
+        ratio = target["ratio"]
+        targets.append(
+            {
+                "name": "images: one instance at concurrency 4, served images/s >= 0.95 x bare loop",
+                "goal": 0.95,
+                "measured": ratio["median"],
+                "unit": "x",
+                "met": ratio["median"] >= 0.95,
+                "detail": ratio,
+            }
+        )
+    dllm = results.get("dllm")
+    if dllm and "tokens_per_s_ratio_vs_bare" in dllm:
+        for path in ("served", "served_stream"):
+            ratio = dllm["tokens_per_s_ratio_vs_bare"][path]
+            how = "streaming" if path.endswith("stream") else "not streaming"
+            targets.append(
+                {
+                    "name": f"dLLM: served tokens/s >= 0.97 x bare ({how})",
+                    "goal": 0.97,
+                    "measured": ratio["median"],
+                    "unit": "x",
+                    "met": ratio["median"] >= 0.97,
+                    "detail": ratio,
+                }
+            )
+    return targets
+
+
+# --- markdown ------------------------------------------------------------------------------------------------
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(d: dict[str, Any]) -> str:
+    low, high = d["ci95"]
+    return f"{d['median_of_differences']:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    out = [
+        "## Performance (CPU)",
+        "",
+        f"Measured {results['date']} with `{results['command']}` ({results['mode']} run) on the project's CPU "
+        f"machine: {machine['cpus']} cores, {machine['platform']}, Python {machine['python']}, torch "
+        f"{machine.get('torch', '?')}, diffusers {machine.get('diffusers', '?')}. **The machine was shared** with "
+        f"other work during the run (load average {machine['load_start']} at the start, {machine['load_end']} at "
+        f"the end, for {machine['cpus']} cores), so absolute times are noisy and inflated; every comparison below "
+        "comes from runs interleaved side by side, and ratios and paired differences are what to read. Tiny, randomly "
+        "initialised models (diffusers engine, float32); the raw numbers are in "
+        f"`{Path(results['files']['json']).name}`.",
+        "",
+    ]
+    if results.get("targets"):
+        out += ["### Targets", ""]
+        rows = []
+        for t in results["targets"]:
+            verdict = "met" if t["met"] else "**missed**"
+            unit = t.get("unit", "")
+            rows.append([t["name"], f"{t['goal']} {unit}", f"{_f(t['measured'], 2)} {unit}", verdict])
+        out += [rows_as_table(rows, ["target", "goal", "measured", "verdict"]), ""]
+        image = next((t for t in results["targets"] if t["name"].startswith("images: served adds")), None)
+        if image:
+            d = image["detail"]
+            out += [
+                f"The 64² figure is the serving overhead measured without the denoising's own noise: per call, wall "
+                f'time minus the denoising time (the model\'s `diffusion_seconds_total{{phase="denoise"}}` moves by '
+                f"exactly that call's), served minus bare, median of paired rounds "
+                f"(95% CI {_f(d['non_denoise_ci95_ms'][0])} to {_f(d['non_denoise_ci95_ms'][1])} ms): Triton's share "
+                f"{_f(d['triton_share_ms'])} ms, the frontend's {_f(d['frontend_share_ms'])} ms. The plain "
+                f"end-to-end p50 difference was {_f(d['end_to_end_p50_difference_ms'])} ms (paired median "
+                f"{_f(d['end_to_end_paired_median_ms'])} ms, CI {_f(d['end_to_end_ci95_ms'][0])} to "
+                f"{_f(d['end_to_end_ci95_ms'][1])} ms), and the denoising itself ran "
+                f"{_f(d['served_denoise_time_ratio_vs_bare'], 3)}x as long inside the Triton stub as in-process.",
+                "",
+            ]
+    overhead = results.get("overhead", {})
+    if overhead:
+        out += [
+            "### Overhead: bare engine vs Triton alone vs served",
+            "",
+            "Bare: the engine in-process plus the encoder (`create_image_engine`/`create_video_engine` + "
+            "`encode_image`/`encode_mp4`). Triton: `tritonclient.grpc` with the frontend's own tensors. Served: "
+            "HTTP to the OpenAI frontend (`b64_json`; videos through the blocking `POST /v1/videos`). Same model, "
+            "size, steps, seed and format on every path, and the same bytes out (checked on every call). "
+            "Milliseconds; differences are `paired median [95% CI]`.",
+            "",
+        ]
+        rows = []
+        for key, item in overhead.items():
+            d = item["differences_ms"]
+            rows.append(
+                [
+                    item.get("label", key),
+                    item["rounds"],
+                    f"{_f(item['bare']['wall']['p50'])} / {_f(item['bare']['wall']['p95'])}",
+                    f"{_f(item['triton']['wall']['p50'])} / {_f(item['triton']['wall']['p95'])}",
+                    f"{_f(item['served']['wall']['p50'])} / {_f(item['served']['wall']['p95'])}",
+                    _f(d["served_minus_bare"]["wall"]["difference_of_medians"]),
+                    _ci(d["served_minus_bare"]["other"]),
+                    _ci(d["triton_minus_bare"]["other"]),
+                    _ci(d["served_minus_triton"]["other"]),
+                    _f(item["gen_ratio_vs_bare"]["served"]["median"], 3),
+                ]
+            )
+        out += [
+            rows_as_table(
+                rows,
+                [
+                    "workload",
+                    "rounds",
+                    "bare p50 / p95",
+                    "Triton p50 / p95",
+                    "served p50 / p95",
+                    "served − bare, p50",
+                    "served − bare, non-denoise",
+                    "Triton's share",
+                    "frontend's share",
+                    "denoise time served/bare",
+                ],
+            ),
+            "",
+        ]
+        rows = []
+        for key, item in overhead.items():
+            for path in ("triton", "served"):
+                p = item[path]
+                rows.append(
+                    [
+                        item.get("label", key),
+                        path,
+                        _f(p["gen"]["p50"]),
+                        _f(p["in_model_not_denoise"]["p50"]),
+                        _f(p["outside_model"]["p50"]),
+                        _f(p["queue"]["p50"], 2),
+                    ]
+                )
+            if "encode" in item["bare"]:
+                rows.append(
+                    [
+                        item.get("label", key),
+                        "bare",
+                        _f(item["bare"]["gen"]["p50"]),
+                        _f(item["bare"]["encode"]["p50"]),
+                        "–",
+                        "–",
+                    ]
+                )
+        out += [
+            "Where the time goes (p50, ms): denoising; the rest of the model's `execute` (encoding and tensors; for "
+            "the decoupled video model `execute` ends before the MP4 is encoded on its worker thread, so encoding "
+            "counts as outside); everything outside the model (gRPC, Triton's core, the frontend, HTTP); Triton "
+            "queue time.",
+            "",
+            rows_as_table(rows, ["workload", "path", "denoise", "in model, not denoise", "outside the model", "queue"]),
+            "",
+        ]
+    load = results.get("load", {})
+    if load.get("sweep"):
+        out += [
+            "### Load: throughput and latency against concurrency",
+            "",
+            f"Request mix: the entries of `benchmarks/perf_inputs/image_diffusion_64.json` in turn "
+            f"({load.get('mix', '')}), through the frontend (the benchmark's own async client, aiohttp, closed loop, "
+            "`b64_json`) and through Triton alone (`perf_analyzer`, gRPC, the same input file), against the model "
+            "with one instance and with two (`instances_per_gpu=2`: two CPU instances), each two either with "
+            "torch's default threads (one per core, so the two oversubscribe the cores) or with `cpu_threads` "
+            "splitting the cores between them. Bare loop: the engine and encoder back to back in-process, "
+            f"{_f(load['bare_loop']['images_per_s'], 2)} images/s (median of {load['bare_loop']['n']} blocks). "
+            "Throughput counts from the first completion to the last (the start-up of a short block left out); "
+            "latency is per request, as the client saw it. Queue: Triton's queue time per request (mean). "
+            "req/execute: requests the dynamic batcher handed one `execute` call. Errors: failed requests "
+            "(client statuses, Triton's failure counter) plus any answer Triton did not count.",
+            "",
+        ]
+        rows = [
+            [
+                r["path"],
+                r["concurrency"],
+                _f(r["images_per_s"], 2),
+                _f(r["p50_ms"], 0),
+                _f(r["p95_ms"], 0),
+                _f(r.get("queue_ms"), 0),
+                _f(r.get("requests_per_execution"), 2),
+                r["errors"],
+                r.get("n", 1),
+            ]
+            for r in load["sweep"]
+        ]
+        out += [
+            rows_as_table(
+                rows,
+                ["path", "concurrency", "images/s", "p50 ms", "p95 ms", "queue ms", "req/execute", "errors", "runs"],
+            ),
+            "",
+        ]
+        cpu = serving_cpu_summary(load)
+        if cpu:
+            out += [
+                "CPU the serving path spent per request beside the model (frontend, one instance, concurrency 4, "
+                f"median of {cpu['n']} blocks): frontend {_f(cpu['frontend'])} ms, tritonserver "
+                f"{_f(cpu['tritonserver'])} ms, the benchmark's own HTTP client {_f(cpu['client'])} ms, against "
+                f"{_f(load['bare_loop'].get('latency_ms', {}).get('p50'), 0)} ms of engine time per request (bare) on "
+                f"{results['machine']['cpus']} cores that the engine otherwise has to itself.",
+                "",
+            ]
+        out += [
+            f"![latency and throughput against concurrency]({Path(results['files']['png']).name})",
+            "",
+        ]
+    encoding = results.get("encoding", {})
+    if encoding:
+        out += [
+            "### Encoding, as a fraction of the generation it follows",
+            "",
+            "This machine's CPU, `diffusion_runtime.media` encoders; generation times are H100 figures from "
+            "FACTS §8 (FLUX.1-dev 1024² 28 steps 5.28 s; 512² scaled by tokens, an estimate; Wan2.1-1.3B "
+            "832×480×81 50 steps ≈ 65 s; 33 frames scaled by latent frames, an estimate). Photo: a photograph "
+            "(frames pan across it); noise: uniform noise, the worst case and what random-weight models produce.",
+            "",
+        ]
+        rows = []
+        for r in encoding.get("images", []):
+            rows.append(
+                [
+                    f"{r['size']}²",
+                    r["content"],
+                    r["format"],
+                    _f(r["encode_ms"]["p50"]),
+                    _f(r["encode_ms"]["p95"]),
+                    f"{r['bytes'] / 1024:.0f}",
+                    f"{100 * r['fraction_of_generation']:.1f}%",
+                ]
+            )
+        for r in encoding.get("videos", []):
+            rows.append(
+                [
+                    f"{r['size']}×{r['frames']}",
+                    r["content"],
+                    "mp4",
+                    _f(r["encode_ms"]["p50"], 0),
+                    _f(r["encode_ms"]["p95"], 0),
+                    f"{r['bytes'] / 1024:.0f}",
+                    f"{100 * r['fraction_of_generation']:.1f}%",
+                ]
+            )
+        out += [
+            rows_as_table(rows, ["size", "content", "format", "p50 ms", "p95 ms", "KiB", "of H100 generation"]),
+            "",
+        ]
+    dllm = results.get("dllm")
+    if dllm:
+        out += [
+            "### dLLM: tokens/s and time to the first block",
+            "",
+            f"tiny-llada (transformers engine, the project's block decoder), {dllm['job']['max_tokens']} tokens in "
+            f"blocks of {dllm['job']['block_length']}, temperature 0; same text on every path. Ratios are per round "
+            "against the bare decoder run beside it.",
+            "",
+        ]
+        rows = []
+        for path in ("bare", "triton", "served", "served_stream"):
+            p = dllm[path]
+            ratio = dllm["tokens_per_s_ratio_vs_bare"].get(path, {}) if path != "bare" else {}
+            rows.append(
+                [
+                    path.replace("_", " "),
+                    _f(p["tokens_per_s"]["p50"], 1),
+                    _f(ratio.get("median"), 3) if ratio else "1",
+                    _f(p.get("first_block", {}).get("p50")),
+                    _f(p["wall"]["p50"]),
+                    _f(p["wall"]["p95"]),
+                ]
+            )
+        out += [
+            rows_as_table(rows, ["path", "tokens/s p50", "vs bare", "first block p50 ms", "p50 ms", "p95 ms"]),
+            "",
+        ]
+    if results.get("notes"):
+        out += ["### Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    return "\n".join(out)
+
+
+def serving_cpu_summary(load: dict[str, Any]) -> dict[str, float] | None:
+    """Median serving CPU per request over the one-instance, concurrency-4 frontend blocks."""
+    blocks = [
+        b["raw"]["cpu_ms_per_request"]
+        for b in load.get("blocks", [])
+        if b.get("path") == "frontend, 1 instance"
+        and b.get("concurrency") == 4
+        and "cpu_ms_per_request" in b.get("raw", {})
+    ]
+    if not blocks:
+        return None
+    return {"n": len(blocks), **{k: median([b[k] for b in blocks]) for k in ("frontend", "tritonserver", "client")}}
+
+
+# --- plot ----------------------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = results.get("load", {}).get("sweep", [])
+    fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in dict.fromkeys(r["path"] for r in sweep):
+        rows = sorted((r for r in sweep if r["path"] == name), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        (line,) = ax_lat.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{name} p50")
+        ax_lat.plot(xs, [r["p95_ms"] for r in rows], linestyle="--", color=line.get_color(), alpha=0.6)
+        ax_tput.plot(xs, [r["images_per_s"] for r in rows], marker="o", color=line.get_color(), label=name)
+    bare = results.get("load", {}).get("bare_loop")
+    if bare:
+        ax_tput.axhline(bare["images_per_s"], color="black", linestyle=":", label="bare loop (1 engine)")
+    for ax in (ax_lat, ax_tput):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 2, 4, 8])
+        ax.set_xticklabels(["1", "2", "4", "8"])
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.grid(True, alpha=0.3)
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("latency, ms, log scale (solid p50, dashed p95)")
+    ax_lat.set_title("Latency")
+    ax_tput.set_ylabel("images/s")
+    ax_tput.set_title("Throughput")
+    ax_tput.set_ylim(bottom=0)
+    ax_tput.legend(fontsize=8)
+    ax_lat.legend(fontsize=8)
+    fig.suptitle(f"tiny FLUX 64² mix, CPU ({results['machine']['cpus']} cores, shared), {results['date']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_rows(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Repeated load blocks (one per path, concurrency and repetition) → one row per path and concurrency,
+    medians over repetitions, errors summed."""
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for block in blocks:
+        grouped.setdefault((block["path"], block["concurrency"]), []).append(block)
+    rows = []
+    for (path, concurrency), items in grouped.items():
+
+        def med(key: str, items=items) -> float | None:
+            values = [i[key] for i in items if i.get(key) is not None]
+            return median(values) if values else None
+
+        rows.append(
+            {
+                "path": path,
+                "concurrency": concurrency,
+                "n": len(items),
+                "images_per_s": med("images_per_s"),
+                "p50_ms": med("p50_ms"),
+                "p95_ms": med("p95_ms"),
+                "queue_ms": med("queue_ms"),
+                "requests_per_execution": med("requests_per_execution"),
+                "errors": sum(int(i.get("errors", 0)) for i in items),
+            }
+        )
+    rows.sort(key=lambda r: (r["path"], r["concurrency"]))
+    return rows

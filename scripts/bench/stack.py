@@ -1,0 +1,170 @@
+"""The served stack the benchmark drives: one tritonserver with every model it measures, and the frontend.
+
+Started through the same classes ``scripts/serve.sh`` uses (``diffusion_runtime.serve``). Idle diffusers and
+transformers instances use no CPU, so all models share one server: the image model with one instance
+(``image_diffusion``, served as ``tiny-flux``) and the same model with two CPU instances
+(``image_diffusion_x2``, ``tiny-flux-x2``; ``ModelSpec.instances_per_gpu=2``), the text-to-video model and the
+dLLM where they exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, render_repository
+from scripts.bench.stats import Samples, metric_sum, parse_prometheus
+
+IMAGE = "image_diffusion"
+IMAGE_X2 = "image_diffusion_x2"
+IMAGE_X2_T = "image_diffusion_x2_threads"
+VIDEO = "video_generation"
+DLLM = "dllm"
+SERVED_NAMES = {
+    IMAGE: "tiny-flux",
+    IMAGE_X2: "tiny-flux-x2",
+    IMAGE_X2_T: "tiny-flux-x2-threads",
+    VIDEO: "tiny-wan-t2v",
+    DLLM: "tiny-llada",
+}
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def dllm_available() -> bool:
+    return (REPOSITORY / DLLM / "config.pbtxt").exists() and (REPOSITORY / DLLM / "1" / "model.py").exists()
+
+
+def video_available() -> bool:
+    return (REPOSITORY / VIDEO / "config.pbtxt").exists()
+
+
+def bench_specs(models: dict[str, Path], *, video: bool, dllm: bool) -> list[ModelSpec]:
+    image = {
+        "model_path": str(models["tiny-flux"]),
+        "served_model_name": SERVED_NAMES[IMAGE],
+        "engine": "diffusers",
+        "default_width": "64",
+        "default_height": "64",
+    }
+    specs = [
+        ModelSpec(IMAGE, image),
+        ModelSpec(
+            IMAGE_X2,
+            {**image, "served_model_name": SERVED_NAMES[IMAGE_X2]},
+            instances_per_gpu=2,
+            source=REPOSITORY / IMAGE,
+        ),
+        # Two instances that split the cores between them instead of each using them all.
+        ModelSpec(
+            IMAGE_X2_T,
+            {**image, "served_model_name": SERVED_NAMES[IMAGE_X2_T], "cpu_threads": str(max(1, cpu_count() // 2))},
+            instances_per_gpu=2,
+            source=REPOSITORY / IMAGE,
+        ),
+    ]
+    if video:
+        specs.append(
+            ModelSpec(
+                VIDEO,
+                {
+                    "model_path": str(models["tiny-wan-t2v"]),
+                    "served_model_name": SERVED_NAMES[VIDEO],
+                    "engine": "diffusers",
+                    "video_mode": "t2v",
+                    "default_width": "64",
+                    "default_height": "64",
+                },
+            )
+        )
+    if dllm:
+        specs.append(
+            ModelSpec(
+                DLLM,
+                {
+                    "model_path": str(models["tiny-llada"]),
+                    "served_model_name": SERVED_NAMES[DLLM],
+                    "engine": "transformers",
+                },
+            )
+        )
+    return specs
+
+
+def rendered_parameters(repository: Path, model: str) -> dict[str, str]:
+    """The parameters a model sees (its rendered ``config.pbtxt``), so the bare engine gets the same config."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+@dataclass
+class Stack:
+    triton: TritonServer
+    frontend: Frontend
+    repository: Path
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return self.frontend.url
+
+    def scrape(self) -> Samples:
+        return parse_prometheus(httpx.get(self.triton.metrics_url, timeout=30).text)
+
+    def model_counters(self, model: str, samples: Samples | None = None) -> dict[str, float]:
+        """Cumulative per-model counters from Triton's /metrics: requests, failures, queue and compute time,
+        and the model's own denoise and encode seconds."""
+        s = samples if samples is not None else self.scrape()
+        return {
+            "success": metric_sum(s, "nv_inference_request_success", model=model),
+            "pending": metric_sum(s, "nv_inference_pending_request_count", model=model),
+            "failure": metric_sum(s, "nv_inference_request_failure", model=model),
+            "executions": metric_sum(s, "nv_inference_exec_count", model=model),
+            "request_us": metric_sum(s, "nv_inference_request_duration_us", model=model),
+            "queue_us": metric_sum(s, "nv_inference_queue_duration_us", model=model),
+            "compute_infer_us": metric_sum(s, "nv_inference_compute_infer_duration_us", model=model),
+            "denoise_s": metric_sum(s, "diffusion_seconds_total", model=model, phase="denoise"),
+            "encode_s": metric_sum(s, "diffusion_seconds_total", model=model, phase="encode"),
+        }
+
+    def wait_idle(self, model: str, timeout: float = 300.0) -> None:
+        """Until the model has no request queued or running (one left over from a previous block, e.g. one
+        perf_analyzer abandoned at exit, would otherwise hold up the next block's first request)."""
+        deadline = time.monotonic() + timeout
+        while self.model_counters(model)["pending"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_stack(specs: list[ModelSpec], workdir: Path) -> Iterator[Stack]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    repository = render_repository(specs, workdir / "model_repository", gpus=[])
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
+    triton = TritonServer(repository, log_file=workdir / "tritonserver.log", env=env)
+    frontend = Frontend(
+        triton,
+        fs_url=f"file://{workdir / 'media'}",
+        log_file=workdir / "frontend.log",
+        extra_args=("--state-dir", str(workdir / "state"), "--video-poll-ms", "100"),
+        env=env,
+    )
+    started = time.perf_counter()
+    try:
+        triton.start().wait_ready(timeout=1800)
+        frontend.start().wait_ready()
+        print(f"[bench] stack ready in {time.perf_counter() - started:.0f} s: {frontend.url}", flush=True)
+        yield Stack(triton, frontend, repository, workdir)
+    finally:
+        frontend.stop()
+        triton.stop()
