@@ -130,7 +130,7 @@ class Bench:
             "started_at": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": {**machine_info(), "load_start": load_avg()},
             "config": {**dataclasses.asdict(self.plan), "phases": args.phases},
-            "files": {k: str(v) for k, v in self.files.items()},
+            "files": {k: v.name for k, v in self.files.items()},
             "targets": [],
             "notes": [],
         }
@@ -369,7 +369,7 @@ def rebuild(path: Path) -> None:
     import json
 
     results = json.loads(path.read_text())
-    results["files"] = {k: str(path.with_suffix(f".{k}")) for k in ("json", "md", "png")}
+    results["files"] = {k: path.with_suffix(f".{k}").name for k in ("json", "md", "png")}
     results["targets"] = report.evaluate_targets(results)
     report.write_json(results, path)
     if results.get("load", {}).get("sweep"):
