@@ -178,7 +178,7 @@ def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Seque
 class TritonInstall:
     binary: Path
     backend_directory: Path | None  # None: the server's own default (a regular Triton install)
-    library_path: list[str]
+    lib_dirs: list[str]  # prepended to LD_LIBRARY_PATH
 
 
 def find_tritonserver() -> TritonInstall:
@@ -211,15 +211,15 @@ def _is_system_library_dir(path: str) -> bool:
     return resolved in roots or (resolved.parent in roots and multiarch_dir)
 
 
-def stack_environment(extra: Mapping[str, str] | None = None, library_path: Sequence[str] = ()) -> dict[str, str]:
+def stack_environment(extra: Mapping[str, str] | None = None, lib_dirs: Sequence[str] = ()) -> dict[str, str]:
     """Environment for tritonserver and the frontend: this venv first on PATH (the stub embeds the Python
     it finds there), the project importable, and quiet, offline-friendly library defaults."""
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    if library_path:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([*library_path, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    if lib_dirs:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*lib_dirs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra or {})
     return env
@@ -308,7 +308,7 @@ class TritonServer:
         output = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             command,
-            env=stack_environment(self.extra_env, install.library_path),
+            env=stack_environment(self.extra_env, install.lib_dirs),
             # The Python stub does not pass PYTHONPATH on to models; started here, they import the project.
             cwd=PROJECT_ROOT,
             stdout=output,

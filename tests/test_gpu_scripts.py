@@ -236,5 +236,5 @@ def test_system_library_dirs_stay_off_the_models_library_path(monkeypatch):
             serve.sysconfig, "get_config_var", lambda key, d=libdir: d if key == "LIBDIR" else real(key)
         )
         install = serve.find_tritonserver()
-        assert (libdir in install.library_path) is kept
-        assert install.library_path[-1].endswith("nvidia_pytriton.libs")
+        assert (libdir in install.lib_dirs) is kept
+        assert install.lib_dirs[-1].endswith("nvidia_pytriton.libs")
