@@ -312,7 +312,7 @@ def test_closed_loop_counts_every_request() -> None:
         calls["n"] += 1
         if calls["n"] % 3 == 0:
             return aiohttp_web.json_response({"error": {"message": "no"}}, status=500)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the simulated service time the load client measures (behaviour under test)
         return aiohttp_web.json_response({"data": [{"b64_json": "eA=="}] * body["n"]})
 
     async def run() -> dict:
