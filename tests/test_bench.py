@@ -332,3 +332,20 @@ def test_closed_loop_counts_every_request() -> None:
     assert result["ok"] == 6 and result["errors"] == 3 and result["statuses"] == {"200": 6, "500": 3}
     assert 6 <= result["images"] <= 12 and result["images_per_s"] > 0
     assert result["latency_ms"]["n"] == 9
+
+
+def test_merge_keeps_the_phases_not_rerun(tmp_path: Path) -> None:
+    from scripts.bench.__main__ import Bench, parse_args
+
+    results = _fake_results(tmp_path)
+    results["phases"] = {"overhead": {"load_start": [1, 1, 1]}, "encoding": {"load_start": [2, 2, 2]}}
+    report.write_json(results, tmp_path / "cpu-2026-01-01.json")
+    args = parse_args(["--only", "encoding", "--merge", "--out-dir", str(tmp_path), "--date", "2026-01-01"])
+    bench = Bench(args)
+    assert bench.results["overhead"] == results["overhead"] and bench.results["load"] == results["load"]
+    assert "encoding" not in bench.results  # about to be measured again
+    assert set(bench.results["phases"]) == {"overhead"}
+    assert bench.results["command"].startswith("scripts/bench/run.sh --quick; then scripts/bench/run.sh --only")
+    with bench.phase("encoding"):
+        pass
+    assert set(bench.results["phases"]) == {"overhead", "encoding"}

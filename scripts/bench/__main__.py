@@ -16,6 +16,7 @@ JSON is rewritten after every phase, so an interrupted run keeps what it measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -32,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # the bare video path forks ffmpeg beside live gRPC clients
 
-import contextlib
 
 from scripts.bench import report  # noqa: E402
 from scripts.bench.stats import median, ratio_summary, summarize  # noqa: E402
@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--date", default=dt.date.today().isoformat(), help="the date in the file names")
     parser.add_argument("--workdir", default=None, help="rendered repository and logs (default: a temp folder)")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other phases of an existing result file of the same date (rerun a phase that a busy "
+        "machine disturbed)",
+    )
+    parser.add_argument(
         "--rebuild", metavar="JSON", default=None, help="only rewrite the .md and .png beside an existing result JSON"
     )
     args = parser.parse_args(argv)
@@ -133,9 +139,37 @@ class Bench:
             "files": {k: v.name for k, v in self.files.items()},
             "targets": [],
             "notes": [],
+            "phases": {},
         }
+        if args.merge and self.files["json"].exists():
+            import json
+
+            previous = json.loads(self.files["json"].read_text())
+            kept = {k: v for k, v in previous.items() if k in PHASES and k not in args.phases}
+            kept_meta = {k: v for k, v in previous.get("phases", {}).items() if k not in args.phases}
+            self.results.update(kept)
+            self.results["phases"] = kept_meta
+            self.results["command"] = f"{previous.get('command', '?')}; then {self.results['command']}"
+            self.results["mode"] = previous.get("mode", args.mode)
+            self.results["machine"]["load_start"] = previous.get("machine", {}).get("load_start", load_avg())
+            self.results["notes"] = [n for n in previous.get("notes", []) if n not in self.results["notes"]]
+            # A person's reading of the old numbers no longer holds once a phase is measured again.
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Records when a phase ran and the machine's load around it (the machine is shared)."""
+        meta = {
+            "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "load_start": load_avg(),
+            "command": " ".join(["scripts/bench/run.sh", *self.args.argv]),
+        }
+        started = time.perf_counter()
+        yield
+        meta.update(elapsed_s=round(time.perf_counter() - started, 1), load_end=load_avg())
+        self.results.setdefault("phases", {})[name] = meta
 
     def save(self) -> None:
+        self.results["notes"] = list(dict.fromkeys(self.results.get("notes", [])))  # a merged run adds them again
         self.results["machine"]["load_end"] = load_avg()
         self.results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
         self.results["targets"] = report.evaluate_targets(self.results)
@@ -153,7 +187,8 @@ class Bench:
         phases = self.args.phases
         needs_stack = any(p in phases for p in ("overhead", "dllm", "load"))
         if "encoding" in phases and not needs_stack:
-            self.encoding()
+            with self.phase("encoding"):
+                self.encoding()
             self.save()
             return 0
         models = ensure_tiny_models()
@@ -167,16 +202,20 @@ class Bench:
         with running_stack(bench_specs(models, video=video, dllm=dllm), workdir) as stack:
             self.results["workdir"] = str(workdir)
             if "overhead" in phases:
-                self.overhead(stack, video)
+                with self.phase("overhead"):
+                    self.overhead(stack, video)
                 self.save()
             if dllm:
-                self.dllm(stack)
+                with self.phase("dllm"):
+                    self.dllm(stack)
                 self.save()
             if "load" in phases:
-                self.load(stack)
+                with self.phase("load"):
+                    self.load(stack)
                 self.save()
         if "encoding" in phases:
-            self.encoding()
+            with self.phase("encoding"):
+                self.encoding()
         self.save()
         for target in self.results["targets"]:
             print(f"[bench] target {'met' if target['met'] else 'MISSED'}: {target['name']}: {target['measured']:.3f}")
@@ -371,6 +410,7 @@ def rebuild(path: Path) -> None:
     results = json.loads(path.read_text())
     results["files"] = {k: path.with_suffix(f".{k}").name for k in ("json", "md", "png")}
     results["targets"] = report.evaluate_targets(results)
+    results["notes"] = list(dict.fromkeys(results.get("notes", [])))
     report.write_json(results, path)
     if results.get("load", {}).get("sweep"):
         report.plot(results, path.with_suffix(".png"))

@@ -128,6 +128,24 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{Path(results['files']['json']).name}`.",
         "",
     ]
+    phases = results.get("phases", {})
+    if phases:
+        rows = [
+            [
+                name,
+                meta.get("started_at", "?"),
+                _f(meta.get("elapsed_s"), 0),
+                meta.get("load_start"),
+                meta.get("load_end"),
+            ]
+            for name, meta in phases.items()
+        ]
+        out += [
+            "When each phase ran, and the machine's load average (1, 5, 15 min) before and after it:",
+            "",
+            rows_as_table(rows, ["phase", "started", "seconds", "load before", "load after"]),
+            "",
+        ]
     if results.get("targets"):
         out += ["### Targets", ""]
         rows = []
@@ -355,6 +373,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if results.get("notes"):
         out += ["### Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    if results.get("analysis"):
+        # Written by a person after looking at this run's numbers (kept in the JSON so --rebuild keeps it).
+        out += ["### What the numbers say", ""] + [f"{paragraph}\n" for paragraph in results["analysis"]]
     return "\n".join(out)
 
 
