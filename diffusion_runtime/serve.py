@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,7 +121,7 @@ class ModelSpec:
     instances_per_gpu: int = 1
     source: Path | None = None  # a model folder outside model_repository/ (tests' helper models)
     gpus_per_instance: int = 1  # >1: each instance spans that many GPUs (SGLang sequence/tensor parallel)
-    max_queue_size: int | None = None  # requests Triton holds waiting per model; beyond it they are refused
+    max_queue_size: int | None = None  # requests waiting per model beyond those running; more are refused
 
 
 def gpu_set_group_name(gpus: Sequence[int]) -> str:
@@ -149,6 +150,15 @@ def _place_instances(config, spec: ModelSpec, gpus: Sequence[int], mc) -> None:
     config.parameters["num_gpus"].string_value = str(size)
 
 
+def set_queue_bound(config: Any, size: int) -> None:
+    """A model with Triton's dynamic batcher is bounded there (Triton refuses the excess); one without it
+    (``image_diffusion``, see its config) by the frontend, which reads the ``max_queue_size`` parameter."""
+    if config.HasField("dynamic_batching"):
+        config.dynamic_batching.default_queue_policy.max_queue_size = size
+    else:
+        config.parameters["max_queue_size"].string_value = str(size)
+
+
 def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Sequence[int]) -> Path:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -166,7 +176,7 @@ def render_repository(specs: Sequence[ModelSpec], destination: Path, gpus: Seque
             config.parameters[key].string_value = value
         _place_instances(config, spec, gpus, mc)
         if spec.max_queue_size is not None:
-            config.dynamic_batching.default_queue_policy.max_queue_size = spec.max_queue_size
+            set_queue_bound(config, spec.max_queue_size)
         (target / "config.pbtxt").write_text(text_format.MessageToString(config))
     return destination
 

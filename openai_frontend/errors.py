@@ -80,6 +80,11 @@ def stub_died(message: str) -> bool:
     return "Stub process" in message and "is not healthy" in message
 
 
+def queue_full() -> OpenAIError:
+    """The model (on every server) has as many requests waiting as it may: the client should come back."""
+    return OpenAIError(429, "the model's queue is full; retry shortly", code="queue_full", headers={"retry-after": "1"})
+
+
 def from_triton_error(exc: Exception) -> OpenAIError:
     """Map a ``tritonclient`` exception (gRPC status + message) to the status a client should see."""
     status = str(getattr(exc, "status", lambda: "")() or "")
@@ -91,9 +96,7 @@ def from_triton_error(exc: Exception) -> OpenAIError:
     if "NOT_FOUND" in status:
         return OpenAIError(404, message, code="model_not_found")
     if "queue" in message.lower() and ("UNAVAILABLE" in status or "RESOURCE_EXHAUSTED" in status):
-        return OpenAIError(
-            429, "the model's queue is full; retry shortly", code="queue_full", headers={"retry-after": "1"}
-        )
+        return queue_full()
     if "CANCELLED" in status:
         return OpenAIError(499, "the request was cancelled", code="cancelled")
     if "DEADLINE_EXCEEDED" in status:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from diffusion_runtime.params import ImageLimits, VideoLimits
-from openai_frontend.errors import OpenAIError, from_triton_error, stub_died
+from openai_frontend.errors import OpenAIError, from_triton_error, queue_full, stub_died
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,14 @@ class ServedModel:
     parameters: Mapping[str, str] = field(default_factory=dict)
     created: int = 0
     instances: int = 1  # model instances Triton runs: how many generations can proceed at once
+    # Calls the frontend lets wait per server beyond one running per instance, for a model Triton does not
+    # bound itself (no dynamic batcher, see image_diffusion's config); None: Triton's own queue bound applies.
+    max_queue_size: int | None = None
+
+    @property
+    def capacity(self) -> int | None:
+        """Calls this frontend may have open to the model on one server; beyond them the answer is 429."""
+        return None if self.max_queue_size is None else self.instances + self.max_queue_size
 
     @property
     def video_limits(self) -> VideoLimits:
@@ -61,8 +70,15 @@ def _served_model(name: str, config: Mapping[str, Any], loaded_at: int) -> Serve
     instances = sum(
         int(group.get("count", 1)) * max(1, len(group.get("gpus", []))) for group in config.get("instance_group", [])
     )
+    queue = parameters.get("max_queue_size", "").strip()
     return ServedModel(
-        id=model_id, triton_name=name, task=task, parameters=parameters, created=loaded_at, instances=max(1, instances)
+        id=model_id,
+        triton_name=name,
+        task=task,
+        parameters=parameters,
+        created=loaded_at,
+        instances=max(1, instances),
+        max_queue_size=int(queue) if queue and "dynamic_batching" not in config else None,
     )
 
 
@@ -104,6 +120,7 @@ class TritonEndpoint:
     metrics_url: str | None
     client: grpcclient.InferenceServerClient
     in_flight: int = 0
+    model_in_flight: Counter[str] = field(default_factory=Counter)
     down_until: float = 0.0
     failed_models: dict[str, str] = field(default_factory=dict)
 
@@ -147,13 +164,22 @@ class TritonBackend:
                 endpoint.failed_models[model] = message
 
     async def _call(
-        self, work: Callable[[grpcclient.InferenceServerClient], Awaitable[T]], model: str | None = None
+        self,
+        work: Callable[[grpcclient.InferenceServerClient], Awaitable[T]],
+        model: str | None = None,
+        capacity: int | None = None,
     ) -> T:
-        """``work`` on the best server, moving on to the next when one is unreachable, has a full queue, or
-        (for calls that name their Triton ``model``) has lost that model's stub process."""
+        """``work`` on the best server, moving on to the next when one is unreachable, has a full queue (at
+        ``capacity`` calls to ``model`` here, or refused by Triton), or (for calls that name their Triton
+        ``model``) has lost that model's stub process."""
         last: InferenceServerException | None = None
+        full = False
         for endpoint in self._order():
+            if model is not None and capacity is not None and endpoint.model_in_flight[model] >= capacity:
+                full = True
+                continue
             endpoint.in_flight += 1
+            endpoint.model_in_flight[model or ""] += 1
             try:
                 result = await work(endpoint.client)
                 endpoint.down_until = 0.0
@@ -175,6 +201,9 @@ class TritonBackend:
                 raise from_triton_error(exc) from exc
             finally:
                 endpoint.in_flight -= 1
+                endpoint.model_in_flight[model or ""] -= 1
+        if last is None and full:
+            raise queue_full()
         assert last is not None
         raise from_triton_error(last) from last
 
@@ -286,7 +315,7 @@ class TritonBackend:
             return responses, result
 
         served_by: list[grpcclient.InferenceServerClient] = []
-        responses, result = await self._call(first_response, model.triton_name)
+        responses, result = await self._call(first_response, model.triton_name, model.capacity)
         complete = False  # once the model has ended the request, cancelling would only pin it in Triton
         try:
             while True:
@@ -324,7 +353,7 @@ class TritonBackend:
         async def call(client: grpcclient.InferenceServerClient):
             return await client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
 
-        result = await self._call(call, model.triton_name)
+        result = await self._call(call, model.triton_name, model.capacity)
         return {name: result.as_numpy(name) for name in outputs}
 
     async def metrics_text(self) -> str:

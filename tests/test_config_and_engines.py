@@ -24,8 +24,25 @@ def test_committed_config_is_the_gpu_deployment() -> None:
     config = load(REPOSITORY / "image_diffusion" / "config.pbtxt")
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     assert config.parameters["task"].string_value == "image"
-    assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
+    # No dynamic batcher (Triton 2.51's stalls, see the config): the frontend bounds the queue instead.
+    assert not config.HasField("dynamic_batching")
+    assert int(config.parameters["max_queue_size"].string_value) > 0
+    assert config.max_batch_size == 1
     assert all(i.optional for i in config.input if i.name != "PROMPT")
+
+
+def test_queue_bound_goes_where_the_model_is_bounded(tmp_path: Path) -> None:
+    specs = [
+        ModelSpec("image_diffusion", {"model_path": "/m"}, max_queue_size=3),
+        ModelSpec("video_generation", {"model_path": "/m"}, max_queue_size=5),
+    ]
+    repository = render_repository(specs, tmp_path / "repo", gpus=[])
+    image = load(repository / "image_diffusion" / "config.pbtxt")
+    video = load(repository / "video_generation" / "config.pbtxt")
+    assert image.parameters["max_queue_size"].string_value == "3"
+    assert not image.HasField("dynamic_batching")
+    assert video.dynamic_batching.default_queue_policy.max_queue_size == 5
+    assert "max_queue_size" not in video.parameters
 
 
 def test_render_for_cpu_host_and_for_gpus(tmp_path: Path) -> None:

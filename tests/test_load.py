@@ -22,7 +22,7 @@ from scripts.reliability_report import record
 from tests.conftest import Stack, metric_value, start_stack, tiny_image_spec, wait_for
 
 BURST = 200
-QUEUE = 8  # Triton's max_queue_size for the model; a batch of up to max_batch_size (8) runs besides
+QUEUE = 8  # requests the frontend lets wait for the model besides the one running
 RUN, WARM_UP = 500, 50
 MEMORY_TOLERANCE = 0.10
 FIGURES: dict[str, dict[str, object]] = {}

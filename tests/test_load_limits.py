@@ -35,9 +35,9 @@ def test_a_full_queue_answers_429_with_retry_after(small_queue_stack: Stack) -> 
 
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 429}, statuses
-    # The queue holds 2: a burst that lands before the first request is scheduled fills it with that one too.
-    assert statuses.count(200) >= 2
+    # One instance runs one request and 2 may wait: the burst lands long before the first one's ~30 steps end.
+    assert statuses.count(200) == 1 + 2, statuses
+    assert statuses.count(429) == 12 - 3, statuses
     for response in responses:
         if response.status_code == 429:
             assert response.headers["retry-after"].isdigit()
