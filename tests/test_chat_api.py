@@ -262,6 +262,13 @@ def test_triton_model_directly(stack: Stack) -> None:
     assert "".join(r.as_numpy("TEXT")[0, 0].decode() for r, _ in stopped) == text[: text.index(stop)]
     assert stopped[-1][0].as_numpy("FINISH_REASON")[0, 0] == b"stop"
 
+    # STREAM false: one response, the whole text and the summary.
+    inputs["STREAM"] = np.array([[False]], dtype=np.bool_)
+    [(whole, error)] = triton_stream(stack, inputs)
+    assert error is None and whole.as_numpy("TEXT")[0, 0].decode() == text[: text.index(stop)]
+    assert whole.as_numpy("FINISH_REASON")[0, 0] == b"stop"
+    del inputs["STREAM"]
+
     # Bad input is an error response on the stream (its INVALID_ARG code is lost in decoupled mode).
     del inputs["PROMPT"]
     [(result, error)] = triton_stream(stack, inputs)

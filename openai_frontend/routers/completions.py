@@ -60,9 +60,11 @@ def _bytes(*values: str) -> np.ndarray:
     return np.array([[v.encode("utf-8") for v in values]], dtype=np.object_)
 
 
-def text_inputs(params: TextParams) -> dict[str, np.ndarray]:
-    """The model's input tensors for one request (batch dimension 1)."""
+def text_inputs(params: TextParams, stream: bool = True) -> dict[str, np.ndarray]:
+    """The model's input tensors for one request (batch dimension 1). ``stream`` false: the model answers once,
+    with the whole text, instead of once per block."""
     inputs = {
+        "STREAM": np.array([[stream]], dtype=np.bool_),
         "MAX_TOKENS": np.array([[params.max_tokens]], dtype=np.int32),
         "TEMPERATURE": np.array([[params.temperature]], dtype=np.float32),
         "SEED": np.array([[params.seed]], dtype=np.int64),
@@ -92,11 +94,13 @@ def _piece(outputs: dict[str, np.ndarray]) -> Piece:
     return Piece(text, bytes(scalar("FINISH_REASON")).decode(), usage)
 
 
-async def generate(ctx: FrontendContext, model: ServedModel, params: TextParams) -> AsyncIterator[Piece]:
+async def generate(
+    ctx: FrontendContext, model: ServedModel, params: TextParams, stream: bool = True
+) -> AsyncIterator[Piece]:
     """The model's responses as pieces; closing this iterator cancels the Triton request."""
-    stream = ctx.backend.stream(model, text_inputs(params), OUTPUTS, is_final=lambda o: "FINISH_REASON" in o)
-    async with aclosing(stream):
-        async for outputs in stream:
+    responses = ctx.backend.stream(model, text_inputs(params, stream), OUTPUTS, is_final=lambda o: "FINISH_REASON" in o)
+    async with aclosing(responses):
+        async for outputs in responses:
             yield _piece(outputs)
 
 
@@ -213,7 +217,7 @@ async def _respond(
     )
     reply = Reply.new(chat, model.id)
     timeout = ctx.settings.request_timeout
-    pieces = generate(ctx, model, params)
+    pieces = generate(ctx, model, params, stream=bool(body.stream))
     if not body.stream:
         text, last = await cancel_on_disconnect(request, _collect(pieces), timeout)
         return JSONResponse(reply.whole(text, last).model_dump(mode="json"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -79,14 +80,22 @@ class TritonPythonModel:
 
     def _generate(self, request, sender) -> None:
         params = validate_text_params(self.limits, stop=read_stop(request), **read_scalars(pb_utils, request, INPUTS))
+        # STREAM false (the frontend's non-streaming requests): one response with the whole text; each response
+        # sent costs the decoder ~0.7 ms of waiting on Triton.
+        stream = read_scalars(pb_utils, request, {"STREAM": "stream"})["stream"] is not False
+        held: list[str] = []
         start = time.perf_counter()
         try:
             for delta in self.engine.generate(params, cancellation_check(request)):
                 if delta.finish_reason is not None:
                     self.metrics.steps(delta.steps)
-                    sender.send(_response(delta), flags=FINAL)
+                    whole = replace(delta, text="".join(held) + delta.text)
+                    sender.send(_response(whole), flags=FINAL)
                     return
-                sender.send(_response(delta))
+                if stream:
+                    sender.send(_response(delta))
+                else:
+                    held.append(delta.text)
         finally:
             self.metrics.seconds("denoise", time.perf_counter() - start)
         raise EngineFailure("the engine stopped without a finish reason")
