@@ -63,7 +63,7 @@ class Plan:
 
 PLANS = {
     "quick": Plan(2, 10, 3, 4, 6, 1, 8, 6, 3, 12, 3, 1, ("pan",)),
-    "full": Plan(3, 40, 10, 12, 20, 3, 16, 12, 6, 24, 10, 3, ("pan", "noise")),
+    "full": Plan(3, 40, 10, 12, 20, 3, 16, 12, 10, 60, 10, 3, ("pan", "noise")),
 }
 
 
@@ -300,8 +300,19 @@ class Bench:
             bare.close()
 
     def load(self, stack) -> None:
+        import torch
+
         from scripts.bench.load import bare_loop, frontend_run, perf_analyzer_run, perf_input_file
-        from scripts.bench.stack import IMAGE, IMAGE_X2, IMAGE_X2_T, SERVED_NAMES, cpu_count
+        from scripts.bench.paths import BareImage
+        from scripts.bench.stack import (
+            IMAGE,
+            IMAGE_1T,
+            IMAGE_X2,
+            IMAGE_X2_T,
+            SERVED_NAMES,
+            cpu_count,
+            rendered_parameters,
+        )
         from scripts.bench.workloads import image_load_jobs
 
         plan = self.plan
@@ -315,7 +326,7 @@ class Bench:
         }
         self.results["load"] = load
         # Warm every model's instances (the second instances have not run yet).
-        for model in (IMAGE, IMAGE_X2, IMAGE_X2_T):
+        for model in (IMAGE, IMAGE_X2, IMAGE_X2_T, IMAGE_1T):
             frontend_run(stack, model, SERVED_NAMES[model], jobs, 2, 4)
 
         def block(path: str, model: str, kind: str, concurrency: int, total: int | None = None) -> dict[str, Any]:
@@ -385,6 +396,33 @@ class Bench:
             "ratio": ratio_summary([b["images_per_s"] for b in served_c4], [b["images_per_s"] for b in bare_blocks]),
             "served_images_per_s": [b["images_per_s"] for b in served_c4],
             "bare_images_per_s": [b["images_per_s"] for b in bare_blocks],
+        }
+        self.save()
+        # The control: the same comparison with the engine on one torch thread (bare and served), so that the
+        # serving path (frontend, Triton, client) has a core of its own instead of taking CPU from the engine.
+        threads_before = torch.get_num_threads()
+        bare_one = BareImage(rendered_parameters(stack.repository, IMAGE_1T))  # sets this process to 1 thread
+        bare_1t, served_1t = [], []
+        try:
+            for r in range(plan.target_rounds):
+                for which in ("bare", "served") if r % 2 == 0 else ("served", "bare"):
+                    if which == "bare":
+                        torch.set_num_threads(1)
+                        bare_1t.append(bare_loop(bare_one, jobs, plan.target_requests))
+                        torch.set_num_threads(threads_before)
+                        print(f"[bench] load bare loop, 1 thread: {bare_1t[-1]['images_per_s']:.2f} images/s")
+                    else:
+                        served_1t.append(
+                            block("frontend, 1 instance x 1 thread", IMAGE_1T, "frontend", 4, plan.target_requests)
+                        )
+        finally:
+            torch.set_num_threads(threads_before)
+            bare_one.close()
+        load["control_one_thread"] = {
+            "concurrency": 4,
+            "ratio": ratio_summary([b["images_per_s"] for b in served_1t], [b["images_per_s"] for b in bare_1t]),
+            "served_images_per_s": [b["images_per_s"] for b in served_1t],
+            "bare_images_per_s": [b["images_per_s"] for b in bare_1t],
         }
         self.save()
         for _ in range(plan.sweep_reps):

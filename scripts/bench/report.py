@@ -170,6 +170,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_f(d['served_denoise_time_ratio_vs_bare'], 3)}x as long inside the Triton stub as in-process.",
                 "",
             ]
+        load = results.get("load", {})
+        control = load.get("control_one_thread", {}).get("ratio", {})
+        if control.get("n") and load.get("target", {}).get("ratio", {}).get("n"):
+            out += [
+                "The concurrency-4 figure is served images/s over the bare loop's, blocks alternating "
+                f"(median of {load['target']['ratio']['n']} pairs). The control runs the same comparison with the "
+                "engine on one torch thread, bare and served, so that the serving path (frontend, Triton, the "
+                f"load generator) has a core of its own: served/bare {_f(control['median'], 3)} (median of "
+                f"{control['n']} pairs). Where the control is near 1 and the target below it, the shortfall is the "
+                "serving path's CPU taken from an engine that uses every core, not requests waiting on each other.",
+                "",
+            ]
     overhead = results.get("overhead", {})
     if overhead:
         out += [

@@ -24,12 +24,14 @@ from scripts.bench.stats import Samples, metric_sum, parse_prometheus
 IMAGE = "image_diffusion"
 IMAGE_X2 = "image_diffusion_x2"
 IMAGE_X2_T = "image_diffusion_x2_threads"
+IMAGE_1T = "image_diffusion_one_thread"
 VIDEO = "video_generation"
 DLLM = "dllm"
 SERVED_NAMES = {
     IMAGE: "tiny-flux",
     IMAGE_X2: "tiny-flux-x2",
     IMAGE_X2_T: "tiny-flux-x2-threads",
+    IMAGE_1T: "tiny-flux-one-thread",
     VIDEO: "tiny-wan-t2v",
     DLLM: "tiny-llada",
 }
@@ -68,6 +70,12 @@ def bench_specs(models: dict[str, Path], *, video: bool, dllm: bool) -> list[Mod
             IMAGE_X2_T,
             {**image, "served_model_name": SERVED_NAMES[IMAGE_X2_T], "cpu_threads": str(max(1, cpu_count() // 2))},
             instances_per_gpu=2,
+            source=REPOSITORY / IMAGE,
+        ),
+        # One instance on one torch thread: the control that leaves the serving path a core of its own.
+        ModelSpec(
+            IMAGE_1T,
+            {**image, "served_model_name": SERVED_NAMES[IMAGE_1T], "cpu_threads": "1"},
             source=REPOSITORY / IMAGE,
         ),
     ]
