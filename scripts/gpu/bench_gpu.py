@@ -710,7 +710,7 @@ def measure_multi_gpu(settings: Settings, engine: str, results: Results, deadlin
 
 
 def summary_lines(data: dict[str, Any]) -> str:
-    """The headline numbers, last in the output (the device tool returns the output's tail)."""
+    """The headline numbers, last in the output (the remote runner returns the output's tail)."""
     lines = ["=== summary", f"device: {data.get('device', {}).get('gpus')}"]
     for kind in ("image", "video"):
         for engine, entry in data.get(kind, {}).items():

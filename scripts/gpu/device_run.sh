@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# What runs on the lent GPU machine (from the repository root, $OUT set by the device tool):
+# What runs on the remote GPU host (from the repository root, $OUT set by the remote command runner):
 #   bash scripts/gpu/device_run.sh [bench_gpu.py options, e.g. --plan image --engines sglang,diffusers]
-# Unpacks the carried .gpu-pack/*.tar.xz into a prefix (skipped for archives already unpacked on a warm machine),
-# installs the packed distributions the device lacks into PREFIX/site, puts Triton, the sgl_kernel stand-in and
-# the project on the paths, checks the imports, then runs bench_gpu.py within the call's time limit and leaves
+# Unpacks the sent .gpu-pack/*.tar.xz into a prefix (skipped for archives an earlier command already unpacked there),
+# installs the packed distributions the host lacks into PREFIX/site, puts Triton, the sgl_kernel stand-in and
+# the project on the paths, checks the imports, then runs bench_gpu.py within the command's time limit and leaves
 # results.json, device_run.log, install.json and logs.tar.xz (Triton/frontend/model-build logs) in $OUT.
 #
 # TD_LOCAL=1 TD_ASSETS=<dir>: use this interpreter's own packages and Triton (a CPU dry run with the project venv).
-# TD_BUDGET: seconds the whole script may take (default 570: the device tool stops a command at 600).
+# TD_BUDGET: seconds the whole script may take (default 570: the runner stops a command at 600 s).
 # TD_SETUP_ONLY=1: stop once the environment is set up (for checking the archives on another machine).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,7 +24,7 @@ say() { echo "[device_run +$(elapsed)s] $*"; }
 
 say "host $(hostname); GPUs: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tr '\n' ';')"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 SGLANG_DISABLE_CUDNN_CHECK=1
-# Multi-GPU hosts here must never use NVLink multicast (KINDS.md).
+# Multi-GPU hosts here must never use NVLink multicast.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
 if [ "${TD_LOCAL:-0}" = 1 ]; then
@@ -33,7 +33,7 @@ if [ "${TD_LOCAL:-0}" = 1 ]; then
 else
   mkdir -p "$PREFIX"
   for archive in "$ROOT"/.gpu-pack/*.tar.xz; do
-    [ -e "$archive" ] || { say "no archives in .gpu-pack/: carry them (scripts/gpu/pack.sh builds them)"; exit 2; }
+    [ -e "$archive" ] || { say "no archives in .gpu-pack/: send them along (scripts/gpu/pack.sh builds them)"; exit 2; }
     name=$(basename "$archive" .tar.xz)
     sum=$(sha256sum "$archive" | cut -c1-16)
     if [ "$(cat "$PREFIX/$name/.sha" 2>/dev/null)" != "$sum" ]; then
@@ -50,8 +50,8 @@ else
   ASSETS=$PREFIX/py/assets
   # Triton's Python stub runs its embedded interpreter isolated (PYTHONPATH is ignored): it takes sys.prefix from
   # the `python3` first on PATH, which serve.stack_environment makes this interpreter's folder. So the packed
-  # files go on sys.path through a virtualenv over the device's interpreter whose .pth puts them first (numpy<2
-  # must shadow the device's numpy 2) and then adds the device's own site-packages (torch, transformers, ...).
+  # files go on sys.path through a virtualenv over the host's interpreter whose .pth puts them first (numpy<2
+  # must shadow the host's numpy 2) and then adds the host's own site-packages (torch, transformers, ...).
   VENV=$PREFIX/venv
   device_sites=$("$PY" -c "import site, sys; print(' '.join(repr(p) for p in site.getsitepackages()))")
   [ -x "$VENV/bin/python" ] || "$PY" -m venv --without-pip "$VENV" || { say "could not create $VENV"; exit 2; }
@@ -59,7 +59,7 @@ else
   first="'$PREFIX/site'"
   [ -d "$PREFIX/sglang" ] && first="$first, '$ROOT/scripts/gpu/standin'"  # sgl_kernel stand-in for SGLang
   first="$first, '$PREFIX/triton', '$ROOT'"  # pytriton/ (the Triton files) and the project
-  # Device packages built for numpy 2 break under numpy 1.26 (seen: SciPy's np.long, JAX's extension, which
+  # Host packages built for numpy 2 break under numpy 1.26 (seen: SciPy's np.long, JAX's extension, which
   # diffusers reaches through Flax). transformers and diffusers import such optional packages only where
   # importlib.util.find_spec finds them, so hide them (None in sys.modules: find_spec answers None, an import raises
   # ImportError). Nothing on the measured paths (torch, diffusers, SGLang, the frontend) needs them.

@@ -1,7 +1,7 @@
-"""Build, on this CPU machine, what the lent GPU machine needs and lacks, as xz archives under ``.gpu-pack/``.
+"""Build, on this CPU machine, what the remote GPU host needs and lacks, as xz archives under ``.gpu-pack/``.
 
-The GPU machine has Python 3.12 with PyTorch but no Triton, diffusers, SGLang, FastAPI or network, and each call
-carries at most 64 MiB. So the pieces travel as separate archives and each call carries the ones it needs:
+The GPU host has Python 3.12 with PyTorch but no Triton, diffusers, SGLang, FastAPI or network, and each command
+sent to it takes at most 64 MiB. So the pieces travel as separate archives and each command takes the ones it needs:
 
 - ``triton.tar.xz``: the Triton 2.51 files actually used (``tritonserver``, the Python backend, the Python 3.12
   stub in the backend's folder, and the libraries they link, closed over ``DT_NEEDED``) laid out as in the
@@ -15,8 +15,8 @@ carries at most 64 MiB. So the pieces travel as separate archives and each call 
   ``sglang-kernel`` wheel and travels with the working tree.
 - ``ffmpeg.tar.xz``: imageio-ffmpeg's static ffmpeg (MP4 encoding for the video model), 19 MB, only for video runs.
 
-Wheels are unpacked as ``opt/<dist>/``; ``install_pack.py`` on the device copies in only the distributions the
-device lacks (or has in a version our packages cannot use), so its own builds of shared packages stay in use.
+Wheels are unpacked as ``opt/<dist>/``; ``install_pack.py`` on the GPU host copies in only the distributions the
+host lacks (or has in a version our packages cannot use), so its own builds of shared packages stay in use.
 Versions are those of the project's virtualenv (what the test suite runs), read from its metadata.
 
 Run: ``scripts/gpu/pack.sh`` (the project's venv), or ``python scripts/gpu/pack.py [--only triton,py]``.
@@ -45,8 +45,8 @@ if str(ROOT) not in sys.path:
 PACK_DIR = ROOT / ".gpu-pack"
 WHEEL_CACHE = Path(os.environ.get("TD_HOME", Path.home() / ".cache" / "triton-diffusion")) / "gpu-wheels"
 DEVICE_PYTHON = "3.12"
-# One call carries the working tree and its archives: keep a margin under 64 MiB for the tree itself.
-CARRY_LIMIT = 64 * 1024 * 1024
+# One command sends the working tree and its archives: keep a margin under 64 MiB for the tree itself.
+SEND_LIMIT = 64 * 1024 * 1024
 PLATFORMS = (
     "manylinux_2_34_x86_64",
     "manylinux_2_28_x86_64",
@@ -90,7 +90,7 @@ PY_DISTS = (
     "importlib_metadata",
     "zipp",
 )
-# What SGLang's DiffGenerator imports beyond the device's own packages (the device kit's list, found by running it
+# What SGLang's DiffGenerator imports beyond the GPU host's own packages (the list found by running it
 # there), with IPython's own imports added (``sglang.utils`` imports ``IPython.display`` at module level).
 SGLANG_DISTS = (
     "sglang",
@@ -174,7 +174,7 @@ def pinned(names: Iterable[str]) -> list[str]:
 
 
 def download(requirements: Sequence[str], cache: Path = WHEEL_CACHE) -> list[Wheel]:
-    """cp312 manylinux wheels (or pure ones) for the device, kept in a cache between runs."""
+    """cp312 manylinux wheels (or pure ones) for the GPU host, kept in a cache between runs."""
     cache.mkdir(parents=True, exist_ok=True)
     wheels = []
     for requirement in requirements:
@@ -194,7 +194,7 @@ def download(requirements: Sequence[str], cache: Path = WHEEL_CACHE) -> list[Whe
 
 
 def _cached_wheel(cache: Path, name: str, version: str) -> Path | None:
-    """The cache holds only wheels downloaded for the device (cp312, x86-64): match by name and version."""
+    """The cache holds only wheels downloaded for the GPU host (cp312, x86-64): match by name and version."""
     for path in sorted(cache.glob("*.whl")):
         dist, wheel_version = path.name.split("-")[:2]
         if canonical(dist) == canonical(name) and wheel_version == version:
@@ -233,7 +233,7 @@ def needed_libraries(binary: Path) -> list[str]:
 
 
 def library_closure(roots: Sequence[Path], library_dir: Path) -> list[Path]:
-    """The bundled libraries the roots load, transitively (system libraries such as libc are the device's)."""
+    """The bundled libraries the roots load, transitively (system libraries such as libc are the GPU host's)."""
     seen: dict[str, Path] = {}
     pending = list(roots)
     while pending:
@@ -258,7 +258,7 @@ def triton_files(site: Path, python: str = DEVICE_PYTHON) -> dict[str, Path]:
         "pytriton/tritonserver/bin/tritonserver": roots[0],
         f"{BACKEND}/libtriton_python.so": roots[1],
         f"{BACKEND}/triton_python_backend_utils.py": backend / "triton_python_backend_utils.py",
-        # The backend runs the stub it finds in its own folder: put the one for the device's Python there.
+        # The backend runs the stub it finds in its own folder: put the one for the GPU host's Python there.
         f"{BACKEND}/triton_python_backend_stub": stub,
     }
     for library in library_closure(roots, site / "nvidia_pytriton.libs"):
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[pack] archives (MiB): {', '.join(f'{k} {v / 2**20:.1f}' for k, v in total.items())}")
     for combo in (("triton", "py", "sglang"), ("triton", "py", "ffmpeg"), ("triton", "py", "sglang", "ffmpeg")):
         size = sum(total.get(n, 0) for n in combo)
-        print(f"[pack] carry {'+'.join(combo)}: {size / 2**20:.1f} MiB (limit 64 with the working tree)")
+        print(f"[pack] send {'+'.join(combo)}: {size / 2**20:.1f} MiB (limit 64 with the working tree)")
     return 0
 
 

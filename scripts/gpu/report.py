@@ -1,7 +1,7 @@
-"""Turn the ``results.json`` files that device runs brought back into ``benchmarks/results/gpu-<date>.{json,md}``.
+"""Turn the ``results.json`` files that the GPU runs brought back into ``benchmarks/results/gpu-<date>.{json,md}``.
 
 usage: python scripts/gpu/report.py --date 2026-11-26 [--before-fix LABEL ...] [--note TEXT ...] RUN [RUN...]
-  RUN = LABEL=PATH_TO_results.json[@DEVICE STRING FROM THE TOOL'S REPLY]
+  RUN = LABEL=PATH_TO_results.json[@CARD DESCRIPTION, e.g. 'NVIDIA H100 80GB HBM3 (1x H100)']
 Runs named by ``--before-fix`` are kept (rows marked ``before_fix``) but take no part in the goals or the pooled
 figures: they were measured before a fix to the served stack.
 """
@@ -129,7 +129,7 @@ def pooled(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def speedups(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """SGLang engine against diffusers engine within one run (same card, same lease): bare engine s/image."""
+    """SGLang engine against diffusers engine within one run (same card, same machine): bare engine s/image."""
     out = []
     by_run: dict[str, dict[str, dict[str, Any]]] = {}
     for row in table:
