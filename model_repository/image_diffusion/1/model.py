@@ -53,6 +53,8 @@ INLINE_ENCODE_PIXELS = 128 * 128
 
 @dataclass(frozen=True)
 class Generated:
+    """What one request's denoising leaves to encode and answer."""
+
     params: ImageParams
     images: list[np.ndarray]
     denoise_s: float
