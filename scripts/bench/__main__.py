@@ -373,57 +373,57 @@ class Bench:
             (f"perf_analyzer, 2 instances x {threads} thread", IMAGE_X2_T, "perf"),
         ]
         rng = random.Random(1)
-        bare_blocks = []
-        served_c4 = []
+
+        def side_by_side(label: str, bare_run, path: str, model: str) -> tuple[list[dict], dict[str, Any]]:
+            """Bare loop blocks and served blocks at concurrency 4, alternating: the blocks and their ratio."""
+            bare_blocks, served_blocks = [], []
+            for r in range(plan.target_rounds):
+                for which in ("bare", "served") if r % 2 == 0 else ("served", "bare"):
+                    if which == "bare":
+                        bare_blocks.append(bare_run())
+                        print(f"[bench] {label}: {bare_blocks[-1]['images_per_s']:.2f} images/s", flush=True)
+                    else:
+                        served_blocks.append(block(path, model, "frontend", 4, plan.target_requests))
+            bare_rates = [b["images_per_s"] for b in bare_blocks]
+            served_rates = [b["images_per_s"] for b in served_blocks]
+            comparison = {
+                "concurrency": 4,
+                "ratio": ratio_summary(served_rates, bare_rates),
+                "served_images_per_s": served_rates,
+                "bare_images_per_s": bare_rates,
+            }
+            return bare_blocks, comparison
+
         # The target first: bare loop and one instance at concurrency 4, alternating, side by side.
-        for r in range(plan.target_rounds):
-            order = ("bare", "served") if r % 2 == 0 else ("served", "bare")
-            for which in order:
-                if which == "bare":
-                    result = bare_loop(bare, jobs, plan.target_requests)
-                    bare_blocks.append(result)
-                    print(f"[bench] load bare loop: {result['images_per_s']:.2f} images/s", flush=True)
-                else:
-                    served_c4.append(block("frontend, 1 instance", IMAGE, "frontend", 4, plan.target_requests))
+        bare_blocks, load["target"] = side_by_side(
+            "load bare loop", lambda: bare_loop(bare, jobs, plan.target_requests), "frontend, 1 instance", IMAGE
+        )
         load["bare_loop"] = {
             "images_per_s": median([b["images_per_s"] for b in bare_blocks]),
             "n": len(bare_blocks),
             "blocks": bare_blocks,
             "latency_ms": summarize([b["latency_ms"]["p50"] / 1000 for b in bare_blocks], 1000),
         }
-        load["target"] = {
-            "concurrency": 4,
-            "ratio": ratio_summary([b["images_per_s"] for b in served_c4], [b["images_per_s"] for b in bare_blocks]),
-            "served_images_per_s": [b["images_per_s"] for b in served_c4],
-            "bare_images_per_s": [b["images_per_s"] for b in bare_blocks],
-        }
         self.save()
         # The control: the same comparison with the engine on one torch thread (bare and served), so that the
         # serving path (frontend, Triton, client) has a core of its own instead of taking CPU from the engine.
         threads_before = torch.get_num_threads()
         bare_one = BareImage(rendered_parameters(stack.repository, IMAGE_1T))  # sets this process to 1 thread
-        bare_1t, served_1t = [], []
+
+        def bare_one_thread() -> dict[str, Any]:
+            torch.set_num_threads(1)
+            try:
+                return bare_loop(bare_one, jobs, plan.target_requests)
+            finally:
+                torch.set_num_threads(threads_before)
+
         try:
-            for r in range(plan.target_rounds):
-                for which in ("bare", "served") if r % 2 == 0 else ("served", "bare"):
-                    if which == "bare":
-                        torch.set_num_threads(1)
-                        bare_1t.append(bare_loop(bare_one, jobs, plan.target_requests))
-                        torch.set_num_threads(threads_before)
-                        print(f"[bench] load bare loop, 1 thread: {bare_1t[-1]['images_per_s']:.2f} images/s")
-                    else:
-                        served_1t.append(
-                            block("frontend, 1 instance x 1 thread", IMAGE_1T, "frontend", 4, plan.target_requests)
-                        )
+            _, load["control_one_thread"] = side_by_side(
+                "load bare loop, 1 thread", bare_one_thread, "frontend, 1 instance x 1 thread", IMAGE_1T
+            )
         finally:
             torch.set_num_threads(threads_before)
             bare_one.close()
-        load["control_one_thread"] = {
-            "concurrency": 4,
-            "ratio": ratio_summary([b["images_per_s"] for b in served_1t], [b["images_per_s"] for b in bare_1t]),
-            "served_images_per_s": [b["images_per_s"] for b in served_1t],
-            "bare_images_per_s": [b["images_per_s"] for b in bare_1t],
-        }
         self.save()
         for _ in range(plan.sweep_reps):
             for concurrency in LEVELS:
