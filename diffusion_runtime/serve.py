@@ -460,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-auth", action="store_true", help="allow a non-loopback --host without API keys")
     parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--state-dir", default=None, help="video job records (default under ~/.local/share)")
+    parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="frontend: a line per request"
+    )
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds to serve, comma separated ({','.join(KINDS)})")
     for slot in SLOTS:
         parser.add_argument(f"--{slot.flag}-model", default=None, help=f"{slot.triton_name}: HF id or local folder")
@@ -518,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--api-key", key]
     if args.no_auth:
         extra.append("--no-auth")
+    if not args.access_log:
+        extra.append("--no-access-log")
     frontend = Frontend(
         triton, host=args.host, port=args.port, fs_url=args.fs_url, http_url=args.http_url, extra_args=extra
     )

@@ -24,6 +24,7 @@ from scripts.bench.stats import (
     rows_as_table,
     summarize,
     throughput,
+    verdict,
 )
 from scripts.bench.workloads import ImageJob, TextJob, VideoJob, image_load_jobs, video_job
 
@@ -77,10 +78,23 @@ def test_ratio_summary_and_throughput() -> None:
     r = ratio_summary([0.9, 1.0, 1.1], [1.0, 1.0, 1.0])
     assert r["median"] == pytest.approx(1.0)
     assert r["min"] == pytest.approx(0.9) and r["max"] == pytest.approx(1.1)
+    assert r["ci95"][0] <= r["median"] <= r["ci95"][1]
     assert ratio_summary([], []) == {"n": 0}
     assert throughput(10, 2.0, 4.0) == 5.0
     with pytest.raises(ValueError):
         throughput(1, 3.0, 3.0)
+
+
+def test_verdict_separates_a_miss_from_noise() -> None:
+    # Throughput ratios: higher is better.
+    assert verdict(0.96, [0.90, 1.0], 0.95, higher_is_better=True) == "met"
+    assert verdict(0.93, [0.88, 0.99], 0.95, higher_is_better=True) == "inconclusive"
+    assert verdict(0.90, [0.86, 0.93], 0.95, higher_is_better=True) == "missed"
+    assert verdict(0.90, None, 0.95, higher_is_better=True) == "missed"
+    # Overhead in ms: lower is better.
+    assert verdict(4.8, [4.5, 5.4], 5.0, higher_is_better=False) == "met"
+    assert verdict(5.3, [4.9, 5.6], 5.0, higher_is_better=False) == "inconclusive"
+    assert verdict(5.3, [5.1, 5.6], 5.0, higher_is_better=False) == "missed"
 
 
 def test_steady_throughput_leaves_the_start_up_out() -> None:
@@ -240,7 +254,7 @@ def test_result_files_have_the_documented_shape(tmp_path: Path) -> None:
     assert any(n.startswith("images: served adds") for n in names)
     assert any("concurrency 4" in n for n in names)
     image = next(t for t in results["targets"] if t["name"].startswith("images: served adds"))
-    assert image["met"] is True and image["measured"] == 1.0
+    assert image["met"] is True and image["measured"] == 1.0 and image["verdict"] == "met"
     assert report.check_shape(results) == []
 
     report.write_json(results, Path(results["files"]["json"]))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_runtime.serve import Frontend
 from tests.conftest import Stack, metric_value, wait_for
 
 MODEL = "tiny-flux"
@@ -281,3 +282,21 @@ def test_bad_edits_get_openai_errors(diffusers_stack: Stack) -> None:
         # Content decides, not the name: a real PNG called .txt is fine.
         ok = http.post("/v1/images/edits", files={"image": ("photo.txt", picture(64, 64), "text/plain")}, data=form)
         assert ok.status_code == 200, ok.text
+
+
+def test_access_log_is_on_by_default_and_can_be_turned_off(diffusers_stack: Stack, tmp_path) -> None:
+    quiet = Frontend(
+        diffusers_stack.triton,
+        fs_url=f"file://{tmp_path / 'media'}",
+        log_file=tmp_path / "quiet.log",
+        extra_args=("--state-dir", str(tmp_path / "state"), "--no-access-log"),
+    )
+    quiet.start().wait_ready()
+    try:
+        marker = "/v1/models/access-log-marker"
+        for url in (diffusers_stack.url, quiet.url):
+            assert httpx.get(url + marker, timeout=30).status_code == 404
+    finally:
+        quiet.stop()
+    assert marker in diffusers_stack.frontend.log_file.read_text()
+    assert marker not in (tmp_path / "quiet.log").read_text()

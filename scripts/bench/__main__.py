@@ -63,7 +63,7 @@ class Plan:
 
 PLANS = {
     "quick": Plan(2, 10, 3, 4, 6, 1, 8, 6, 3, 12, 3, 1, ("pan",)),
-    "full": Plan(3, 40, 10, 12, 20, 3, 16, 12, 10, 60, 10, 3, ("pan", "noise")),
+    "full": Plan(3, 40, 10, 12, 40, 3, 16, 12, 16, 60, 10, 3, ("pan", "noise")),
 }
 
 
@@ -218,7 +218,8 @@ class Bench:
                 self.encoding()
         self.save()
         for target in self.results["targets"]:
-            print(f"[bench] target {'met' if target['met'] else 'MISSED'}: {target['name']}: {target['measured']:.3f}")
+            said = target.get("verdict") or ("met" if target["met"] else "missed")
+            print(f"[bench] target {said.upper()}: {target['name']}: {target['measured']:.3f} {target.get('ci95')}")
         print(f"[bench] wrote {', '.join(str(f) for f in self.files.values())}")
         return 0
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.stats import median, rows_as_table
+from scripts.bench.stats import median, rows_as_table, verdict
 
 SCHEMA = "triton-diffusion-bench/1"
 REQUIRED_KEYS = ("schema", "date", "mode", "machine", "config", "targets")
@@ -50,8 +50,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": "images: served adds <= 5 ms p50 over bare at 64²",
                 "goal": 5.0,
                 "measured": other["median_of_differences"],
+                "ci95": other["ci95"],
                 "unit": "ms",
                 "met": other["median_of_differences"] <= 5.0,
+                "verdict": verdict(other["median_of_differences"], other["ci95"], 5.0, higher_is_better=False),
                 "detail": {
                     "non_denoise_paired_median_ms": other["median_of_differences"],
                     "non_denoise_ci95_ms": other["ci95"],
@@ -74,8 +76,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": "images: one instance at concurrency 4, served images/s >= 0.95 x bare loop",
                 "goal": 0.95,
                 "measured": ratio["median"],
+                "ci95": ratio.get("ci95"),
                 "unit": "x",
                 "met": ratio["median"] >= 0.95,
+                "verdict": verdict(ratio["median"], ratio.get("ci95"), 0.95, higher_is_better=True),
                 "detail": ratio,
             }
         )
@@ -90,8 +94,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "name": f"dLLM: served tokens/s >= 0.97 x bare ({size}, {how})",
                     "goal": 0.97,
                     "measured": ratio["median"],
+                    "ci95": ratio.get("ci95"),
                     "unit": "x",
                     "met": ratio["median"] >= 0.97,
+                    "verdict": verdict(ratio["median"], ratio.get("ci95"), 0.97, higher_is_better=True),
                     "detail": ratio,
                 }
             )
@@ -151,10 +157,19 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["### Targets", ""]
         rows = []
         for t in results["targets"]:
-            verdict = "met" if t["met"] else "**missed**"
+            said = t.get("verdict") or ("met" if t["met"] else "missed")
             unit = t.get("unit", "")
-            rows.append([t["name"], f"{t['goal']} {unit}", f"{_f(t['measured'], 2)} {unit}", verdict])
-        out += [rows_as_table(rows, ["target", "goal", "measured", "verdict"]), ""]
+            interval = f"{_f(t['ci95'][0], 2)} to {_f(t['ci95'][1], 2)} {unit}" if t.get("ci95") else "–"
+            shown = said if said == "met" else f"**{said}**"
+            rows.append([t["name"], f"{t['goal']} {unit}", f"{_f(t['measured'], 2)} {unit}", interval, shown])
+        out += [
+            rows_as_table(rows, ["target", "goal", "measured (median)", "95% interval", "verdict"]),
+            "",
+            "A verdict is *met* when the median is on the goal's side, *missed* when the whole 95% bootstrap interval "
+            "is on the wrong side, and *inconclusive* when the interval straddles the goal: the machine's noise is "
+            "then larger than the distance to the goal.",
+            "",
+        ]
         image = next((t for t in results["targets"] if t["name"].startswith("images: served adds")), None)
         if image:
             d = image["detail"]

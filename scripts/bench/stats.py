@@ -82,8 +82,9 @@ def paired_difference(
     }
 
 
-def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float | int]:
-    """Per-round ratios ``numerators[i] / denominators[i]``: median, min, max, and the ratio of medians."""
+def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, Any]:
+    """Per-round ratios ``numerators[i] / denominators[i]``: their median with its 95% bootstrap interval, min,
+    max, and the ratio of medians."""
     if len(numerators) != len(denominators):
         raise ValueError("ratio of samples of different lengths")
     ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]
@@ -92,10 +93,23 @@ def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) ->
     return {
         "n": len(ratios),
         "median": median(ratios),
+        "ci95": list(bootstrap_median_ci(ratios)),
         "min": min(ratios),
         "max": max(ratios),
         "ratio_of_medians": median(numerators) / median(denominators),
     }
+
+
+def verdict(measured: float, ci95: Sequence[float] | None, goal: float, *, higher_is_better: bool) -> str:
+    """``met`` when the measured median is on the goal's side; ``missed`` when even the 95% interval lies wholly on
+    the wrong side; ``inconclusive`` when the interval straddles the goal (the machine's noise is larger than the
+    distance to it, so more rounds or a quieter machine would decide)."""
+    sign = 1 if higher_is_better else -1
+    if sign * (measured - goal) >= 0:
+        return "met"
+    if ci95 and max(sign * (bound - goal) for bound in ci95) >= 0:
+        return "inconclusive"
+    return "missed"
 
 
 def throughput(count: float, start: float, end: float) -> float:
