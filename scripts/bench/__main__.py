@@ -218,8 +218,10 @@ class Bench:
                 self.encoding()
         self.save()
         for target in self.results["targets"]:
-            said = target.get("verdict") or ("met" if target["met"] else "missed")
-            print(f"[bench] target {said.upper()}: {target['name']}: {target['measured']:.3f} {target.get('ci95')}")
+            print(
+                f"[bench] target {target['verdict'].upper()}: {target['name']}: {target['measured']:.3f} "
+                f"(95% interval {target['ci95']})"
+            )
         print(f"[bench] wrote {', '.join(str(f) for f in self.files.values())}")
         return 0
 

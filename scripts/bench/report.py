@@ -38,68 +38,64 @@ def check_shape(results: dict[str, Any]) -> list[str]:
 # --- targets -------------------------------------------------------------------------------------------------
 
 
+def _target(
+    name: str, goal: float, measured: float, ci95: list[float] | None, unit: str, *, higher_is_better: bool, detail: Any
+) -> dict[str, Any]:
+    said = verdict(measured, ci95, goal, higher_is_better=higher_is_better)
+    return {
+        "name": name,
+        "goal": goal,
+        "measured": measured,
+        "ci95": ci95,
+        "unit": unit,
+        "met": said == "met",
+        "verdict": said,
+        "detail": detail,
+    }
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets = []
     image = results.get("overhead", {}).get("image_64")
     if image:
         diff = image["differences_ms"]["served_minus_bare"]
         other = diff["other"]
-        gen_ratio = image["gen_ratio_vs_bare"]["served"]["median"]
+        detail = {
+            "non_denoise_paired_median_ms": other["median_of_differences"],
+            "non_denoise_ci95_ms": other["ci95"],
+            "end_to_end_p50_difference_ms": diff["wall"]["difference_of_medians"],
+            "end_to_end_paired_median_ms": diff["wall"]["median_of_differences"],
+            "end_to_end_ci95_ms": diff["wall"]["ci95"],
+            "served_denoise_time_ratio_vs_bare": image["gen_ratio_vs_bare"]["served"]["median"],
+            "triton_share_ms": image["differences_ms"]["triton_minus_bare"]["other"]["median_of_differences"],
+            "frontend_share_ms": image["differences_ms"]["served_minus_triton"]["other"]["median_of_differences"],
+        }
         targets.append(
-            {
-                "name": "images: served adds <= 5 ms p50 over bare at 64²",
-                "goal": 5.0,
-                "measured": other["median_of_differences"],
-                "ci95": other["ci95"],
-                "unit": "ms",
-                "met": other["median_of_differences"] <= 5.0,
-                "verdict": verdict(other["median_of_differences"], other["ci95"], 5.0, higher_is_better=False),
-                "detail": {
-                    "non_denoise_paired_median_ms": other["median_of_differences"],
-                    "non_denoise_ci95_ms": other["ci95"],
-                    "end_to_end_p50_difference_ms": diff["wall"]["difference_of_medians"],
-                    "end_to_end_paired_median_ms": diff["wall"]["median_of_differences"],
-                    "end_to_end_ci95_ms": diff["wall"]["ci95"],
-                    "served_denoise_time_ratio_vs_bare": gen_ratio,
-                    "triton_share_ms": image["differences_ms"]["triton_minus_bare"]["other"]["median_of_differences"],
-                    "frontend_share_ms": image["differences_ms"]["served_minus_triton"]["other"][
-                        "median_of_differences"
-                    ],
-                },
-            }
+            _target(
+                "images: served adds <= 5 ms p50 over bare at 64²",
+                5.0,
+                other["median_of_differences"],
+                other["ci95"],
+                "ms",
+                higher_is_better=False,
+                detail=detail,
+            )
         )
     target = results.get("load", {}).get("target")
     if target and target.get("ratio", {}).get("n"):
         ratio = target["ratio"]
+        name = "images: one instance at concurrency 4, served images/s >= 0.95 x bare loop"
         targets.append(
-            {
-                "name": "images: one instance at concurrency 4, served images/s >= 0.95 x bare loop",
-                "goal": 0.95,
-                "measured": ratio["median"],
-                "ci95": ratio.get("ci95"),
-                "unit": "x",
-                "met": ratio["median"] >= 0.95,
-                "verdict": verdict(ratio["median"], ratio.get("ci95"), 0.95, higher_is_better=True),
-                "detail": ratio,
-            }
+            _target(name, 0.95, ratio["median"], ratio.get("ci95"), "x", higher_is_better=True, detail=ratio)
         )
     dllm = results.get("dllm")
     if dllm and "tokens_per_s_ratio_vs_bare" in dllm:
         for path in ("served", "served_stream"):
             ratio = dllm["tokens_per_s_ratio_vs_bare"][path]
             how = "streaming" if path.endswith("stream") else "not streaming"
-            size = f"{dllm['job']['max_tokens']} tokens"
+            name = f"dLLM: served tokens/s >= 0.97 x bare ({dllm['job']['max_tokens']} tokens, {how})"
             targets.append(
-                {
-                    "name": f"dLLM: served tokens/s >= 0.97 x bare ({size}, {how})",
-                    "goal": 0.97,
-                    "measured": ratio["median"],
-                    "ci95": ratio.get("ci95"),
-                    "unit": "x",
-                    "met": ratio["median"] >= 0.97,
-                    "verdict": verdict(ratio["median"], ratio.get("ci95"), 0.97, higher_is_better=True),
-                    "detail": ratio,
-                }
+                _target(name, 0.97, ratio["median"], ratio.get("ci95"), "x", higher_is_better=True, detail=ratio)
             )
     return targets
 
