@@ -11,7 +11,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,23 @@ def read_bytes(pb_utils: Any, request: Any, name: str) -> bytes | None:
         return None
     value = tensor.as_numpy().reshape(-1)[0]
     return bytes(value) if not isinstance(value, bytes) else value
+
+
+def requested_outputs(request: Any) -> frozenset[str]:
+    """The outputs the client asked for, read while ``execute`` still holds the request."""
+    return frozenset(request.requested_output_names())
+
+
+def inference_response(pb_utils: Any, outputs: Mapping[str, np.ndarray], wanted: Collection[str]) -> Any:
+    """A response holding only the outputs the client asked for (all of them when it named none).
+
+    Never leave that filtering to Triton: the Python backend (24.10, and its main branch still) drops unrequested
+    tensors inside ``ResponseSender.send`` after releasing the GIL, so their numpy arrays are freed without it, and
+    a stub sending from a worker thread dies (see ``image_diffusion``'s model.py for how that was found). Every
+    model builds its responses here."""
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items() if not wanted or name in wanted]
+    )
 
 
 def cancellation_check(request: Any, min_interval: float = 0.05) -> Callable[[int, int], None]:

@@ -140,3 +140,28 @@ def test_cpu_instances_touch_no_gpu_setting(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert pin_instance_device({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == "cpu"
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+class _FakeTritonUtils:
+    """Just enough of ``triton_python_backend_utils`` to see which tensors a response is built with."""
+
+    class Tensor:
+        def __init__(self, name: str, array) -> None:
+            self.name, self.array = name, array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors) -> None:
+            self.output_tensors = output_tensors
+
+
+def test_responses_hold_only_the_outputs_the_client_asked_for() -> None:
+    """Triton would drop the others inside ``send`` without the GIL (a dead stub on GPU hosts), so the model must."""
+    import numpy as np
+
+    from diffusion_runtime.triton_io import inference_response
+
+    outputs = {name: np.zeros(1) for name in ("IMAGES", "SEEDS", "INFERENCE_TIME_S")}
+    subset = inference_response(_FakeTritonUtils, outputs, frozenset({"IMAGES", "SEEDS"}))
+    assert [t.name for t in subset.output_tensors] == ["IMAGES", "SEEDS"]
+    everything = inference_response(_FakeTritonUtils, outputs, frozenset())
+    assert [t.name for t in everything.output_tensors] == ["IMAGES", "SEEDS", "INFERENCE_TIME_S"]

@@ -23,9 +23,11 @@ from diffusion_runtime.triton_io import (
     ModelMetrics,
     cancellation_check,
     error_for,
+    inference_response,
     model_parameters,
     pin_instance_device,
     read_scalars,
+    requested_outputs,
 )
 
 INPUTS = {
@@ -58,16 +60,14 @@ def read_stop(request) -> str | list[str] | None:
     return values
 
 
-def _response(delta: TextDelta):
+def _response(delta: TextDelta, wanted: frozenset[str]):
     """Outputs carry the request's batch dimension of 1; only the last response has the summary."""
-    tensors = [pb_utils.Tensor("TEXT", np.array([[delta.text.encode("utf-8")]], dtype=np.object_))]
+    outputs = {"TEXT": np.array([[delta.text.encode("utf-8")]], dtype=np.object_)}
     if delta.finish_reason is not None:
-        tensors += [
-            pb_utils.Tensor("FINISH_REASON", np.array([[delta.finish_reason.encode()]], dtype=np.object_)),
-            pb_utils.Tensor("PROMPT_TOKENS", np.array([[delta.prompt_tokens]], dtype=np.int32)),
-            pb_utils.Tensor("COMPLETION_TOKENS", np.array([[delta.completion_tokens]], dtype=np.int32)),
-        ]
-    return pb_utils.InferenceResponse(output_tensors=tensors)
+        outputs["FINISH_REASON"] = np.array([[delta.finish_reason.encode()]], dtype=np.object_)
+        outputs["PROMPT_TOKENS"] = np.array([[delta.prompt_tokens]], dtype=np.int32)
+        outputs["COMPLETION_TOKENS"] = np.array([[delta.completion_tokens]], dtype=np.int32)
+    return inference_response(pb_utils, outputs, wanted)
 
 
 class TritonPythonModel:
@@ -83,6 +83,7 @@ class TritonPythonModel:
         # STREAM false (the frontend's non-streaming requests): one response with the whole text; each response
         # sent costs the decoder ~0.7 ms of waiting on Triton.
         stream = read_scalars(pb_utils, request, {"STREAM": "stream"})["stream"] is not False
+        wanted = requested_outputs(request)
         held: list[str] = []
         start = time.perf_counter()
         try:
@@ -90,10 +91,10 @@ class TritonPythonModel:
                 if delta.finish_reason is not None:
                     self.metrics.steps(delta.steps)
                     whole = replace(delta, text="".join(held) + delta.text)
-                    sender.send(_response(whole), flags=FINAL)
+                    sender.send(_response(whole, wanted), flags=FINAL)
                     return
                 if stream:
-                    sender.send(_response(delta))
+                    sender.send(_response(delta, wanted))
                 else:
                     held.append(delta.text)
         finally:

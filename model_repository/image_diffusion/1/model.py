@@ -5,6 +5,25 @@ the files are encoded and the response sent through the request's response sende
 models: exactly one final response per request). Large outputs are encoded on a worker thread after
 ``execute`` returns, so the instance starts the next request while the last one encodes; small ones
 (``INLINE_ENCODE_PIXELS``) within ``execute``, where the encoding costs less than the hand-off would.
+
+Responses hold exactly the outputs the request asked for (``triton_io.inference_response``). Until they did, every
+image above ``INLINE_ENCODE_PIXELS`` killed this model's stub on a ``KIND_GPU`` instance (H200, 2026-12-01): the
+client waited forever, and the next request got "Stub process ... is not healthy". The cause, bisected on that
+GPU with variants of this file behind one tritonserver:
+- The OpenAI frontend asks for ``IMAGES`` and ``SEEDS`` only. Triton 24.10's Python backend removes the other
+  outputs (``INFERENCE_TIME_S``) in ``ResponseSender::Send`` (``src/response_sender.cc``), *after* that function
+  released the GIL. The removed ``pb_utils.Tensor`` owns a numpy array, which is thus freed without the GIL while
+  the model's other threads run Python. The stub died there: its log stops between building the response and
+  ``send`` returning, and the process was left a zombie.
+- Same model, same inputs, direct gRPC: asking for all three outputs answered every size (64² to 512²); asking
+  for ``IMAGES`` and ``SEEDS`` killed the stub at the first thread-sent image. Answered within ``execute``
+  (64²), the response is pruned in the stub's main thread, which holds the GIL: no crash. (An earlier minimal
+  model that sent from a thread worked, as the direct client here did when it asked for every output.)
+- Ruled out on the same GPU, each answering 64², 256² and 512²: the engine (a numpy stand-in with and without
+  CUDA initialised), custom metrics, cancellation polling, plain threads instead of the pool, sending inside
+  ``execute``, keeping the request handles, a delayed send, a decoupled transaction policy. Decoupled would not
+  have helped: its responses go through the same ``send``.
+On a CPU the same freeing without the GIL went unpunished in every test; it is undefined behaviour all the same.
 """
 
 from __future__ import annotations
@@ -25,10 +44,12 @@ from diffusion_runtime.triton_io import (
     ModelMetrics,
     cancellation_check,
     error_for,
+    inference_response,
     model_parameters,
     pin_instance_device,
     read_bytes,
     read_scalars,
+    requested_outputs,
 )
 
 INPUTS = {
@@ -58,6 +79,7 @@ class Generated:
     params: ImageParams
     images: list[np.ndarray]
     denoise_s: float
+    outputs: frozenset[str]  # what the client asked for: the response holds exactly these
 
 
 class TritonPythonModel:
@@ -82,7 +104,7 @@ class TritonPythonModel:
         image, mask = edit_inputs(request, params)
         start = time.perf_counter()
         images = self.engine.generate(params, cancellation_check(request), image, mask)
-        return Generated(params, images, time.perf_counter() - start)
+        return Generated(params, images, time.perf_counter() - start, requested_outputs(request))
 
     def _answer(self, generated: Generated):
         """Encode and build the response (an error response if encoding fails), then count it off the request's
@@ -90,7 +112,7 @@ class TritonPythonModel:
         encode_s = 0.0
         try:
             files, encode_s = self._encode(generated.images, generated.params)
-            response, outcome = _response(generated.params, files, generated.denoise_s), "success"
+            response, outcome = _response(generated, files), "success"
         except Exception as exc:
             response, outcome = pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), type(exc).__name__
         self.encoder.submit(self._record, outcome, generated, encode_s)
@@ -150,12 +172,11 @@ def edit_inputs(request, params: ImageParams):
     return image, mask
 
 
-def _response(params: ImageParams, files: list[bytes], elapsed: float):
+def _response(generated: Generated, files: list[bytes]):
     """Outputs carry the request's batch dimension of 1: IMAGES and SEEDS are ``[1, n]``."""
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("IMAGES", np.array([files], dtype=np.object_)),
-            pb_utils.Tensor("SEEDS", np.array([params.seeds], dtype=np.int64)),
-            pb_utils.Tensor("INFERENCE_TIME_S", np.array([[elapsed]], dtype=np.float32)),
-        ]
-    )
+    outputs = {
+        "IMAGES": np.array([files], dtype=np.object_),
+        "SEEDS": np.array([generated.params.seeds], dtype=np.int64),
+        "INFERENCE_TIME_S": np.array([[generated.denoise_s]], dtype=np.float32),
+    }
+    return inference_response(pb_utils, outputs, generated.outputs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -26,10 +25,12 @@ from diffusion_runtime.triton_io import (
     ModelMetrics,
     cancellation_check,
     error_for,
+    inference_response,
     model_parameters,
     pin_instance_device,
     read_bytes,
     read_scalars,
+    requested_outputs,
 )
 
 log = logging.getLogger("video_generation")
@@ -74,7 +75,8 @@ class TritonPythonModel:
         try:
             params = validate_video_params(self.limits, **read_scalars(pb_utils, request, INPUTS))
             image = self._input_image(read_bytes(pb_utils, request, "INPUT_IMAGE"), params)
-            progress = StepProgress(request, sender)
+            wanted = requested_outputs(request)
+            progress = StepProgress(request, sender, wanted)
             start = time.perf_counter()
             try:
                 frames = self.engine.generate(params, image, progress)
@@ -82,7 +84,7 @@ class TritonPythonModel:
                 elapsed = time.perf_counter() - start
                 self.metrics.seconds("denoise", elapsed)
                 self.metrics.steps(progress.done)
-            self.encoder.submit(self._finish, request, sender, params, frames, elapsed)
+            self.encoder.submit(self._finish, request, sender, wanted, params, frames, elapsed)
         except Exception as exc:  # one bad request never takes the stub down
             self._fail(sender, exc)
 
@@ -93,7 +95,9 @@ class TritonPythonModel:
             return None
         return fit_image(decode_input_image(data, "input_reference"), params.width, params.height)
 
-    def _finish(self, request, sender, params: VideoParams, frames: np.ndarray, elapsed: float) -> None:
+    def _finish(
+        self, request, sender, wanted: frozenset[str], params: VideoParams, frames: np.ndarray, elapsed: float
+    ) -> None:
         """On the encode thread: MP4, then the final response (or the error that stopped it)."""
         try:
             if request.is_cancelled():  # nobody is waiting for the file: spare the CPU
@@ -102,14 +106,14 @@ class TritonPythonModel:
             video = encode_mp4(frames, params.fps, self.crf)
             self.metrics.seconds("encode", time.perf_counter() - start)
             total = params.num_inference_steps
-            outputs = [
-                _tensor("PROGRESS", [total, total], np.int32),
-                pb_utils.Tensor("VIDEO", np.array([video], dtype=np.object_)),
-                _tensor("SEED", [params.seed], np.int64),
-                _tensor("NUM_FRAMES", [len(frames)], np.int32),
-                _tensor("INFERENCE_TIME_S", [elapsed], np.float32),
-            ]
-            sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=FINAL)
+            outputs = {
+                "PROGRESS": np.array([total, total], dtype=np.int32),
+                "VIDEO": np.array([video], dtype=np.object_),
+                "SEED": np.array([params.seed], dtype=np.int64),
+                "NUM_FRAMES": np.array([len(frames)], dtype=np.int32),
+                "INFERENCE_TIME_S": np.array([elapsed], dtype=np.float32),
+            }
+            sender.send(inference_response(pb_utils, outputs, wanted), flags=FINAL)
             self.metrics.request("success")
         except Exception as exc:
             self._fail(sender, exc)
@@ -124,20 +128,18 @@ class TritonPythonModel:
             log.warning("could not send the error response for %s: %s", type(exc).__name__, exc)
 
 
-def _tensor(name: str, values: list[Any], dtype: type) -> Any:
-    return pb_utils.Tensor(name, np.array(values, dtype=dtype))
-
-
 class StepProgress:
     """The engine's step hook: stop if the client cancelled, else stream ``[done, total]``; remembers how far
     the engine got."""
 
-    def __init__(self, request, sender) -> None:
+    def __init__(self, request, sender, wanted: frozenset[str]) -> None:
         self._check_cancelled: StepHook = cancellation_check(request)
         self._sender = sender
+        self._wanted = wanted
         self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         self.done = done
         self._check_cancelled(done, total)
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=[_tensor("PROGRESS", [done, total], np.int32)]))
+        progress = {"PROGRESS": np.array([done, total], dtype=np.int32)}
+        self._sender.send(inference_response(pb_utils, progress, self._wanted))
