@@ -1,134 +1,17 @@
-"""The GPU measurement scripts (scripts/gpu/), checked on the CPU: what the pack carries, what the device installs
-from it, the model shapes built there, and the statistics the results rest on. No GPU and no network needed."""
+"""The GPU scripts (scripts/gpu/), checked on the CPU: the model shapes built for the GPU, the engine settings
+shared by the benchmark and the smoke test, and the statistics the results rest on. No GPU and no network needed."""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import pytest
 
-GPU_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "gpu"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}", GPU_SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pack = _load("pack")
-install_pack = _load("install_pack")
-bench = _load("bench_gpu")
-make_models = _load("make_models")
-
-
-# --- what travels ------------------------------------------------------------------------------------------------
-
-
-def test_triton_files_hold_the_server_backend_312_stub_and_the_libraries_they_link():
-    files = pack.triton_files(pack.pytriton_root())
-    backend = "pytriton/tritonserver/backends/python/"
-    assert "pytriton/tritonserver/bin/tritonserver" in files
-    assert backend + "libtriton_python.so" in files
-    assert backend + "triton_python_backend_utils.py" in files
-    stub = files[backend + "triton_python_backend_stub"]
-    assert stub.parent.name == "3.12" and stub.parent.parent.name == "python_backend_stubs"
-    libraries = {name.split("/", 1)[1] for name in files if name.startswith("nvidia_pytriton.libs/")}
-    assert any(name.startswith("libtritonserver") for name in libraries)
-    assert any(name.startswith("libcudart") for name in libraries)
-    assert any(name.startswith("libicudata") for name in libraries)  # through libxml2 → libicuuc
-    assert not any(name.startswith("libpython") for name in libraries)  # the stub uses the device's libpython
-    # Closed over DT_NEEDED: every bundled library any packed binary asks for is packed.
-    bundled = {p.name for p in (pack.pytriton_root() / "nvidia_pytriton.libs").iterdir()}
-    for path in files.values():
-        if path.suffix != ".py":
-            for needed in pack.needed_libraries(path):
-                assert needed not in bundled or needed in libraries, (path.name, needed)
-
-
-@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
-def test_icu_data_standin_keeps_name_soname_and_symbol(tmp_path):
-    real = next((pack.pytriton_root() / "nvidia_pytriton.libs").glob("libicudata*"))
-    standin = pack.icu_data_standin(real, tmp_path)
-    assert standin is not None and standin.name == real.name
-    assert standin.stat().st_size < 100_000 < real.stat().st_size
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(standin)], capture_output=True, text=True).stdout
-    assert any(line.split()[-1].startswith("icudt") for line in symbols.splitlines())
-    soname = subprocess.run(["readelf", "-d", str(standin)], capture_output=True, text=True).stdout
-    assert f"[{real.name}]" in soname
-
-
-def test_cached_wheels_match_by_normalised_name_and_version(tmp_path):
-    for name in ("pydantic_core-2.46.5-cp312-cp312-manylinux_2_17_x86_64.whl", "python_rapidjson-1.25-cp312.whl"):
-        (tmp_path / name).touch()
-    assert pack._cached_wheel(tmp_path, "pydantic-core", "2.46.5").name.startswith("pydantic_core-2.46.5")
-    assert pack._cached_wheel(tmp_path, "python-rapidjson", "1.25") is not None
-    assert pack._cached_wheel(tmp_path, "pydantic-core", "2.46.4") is None
-
-
-def test_pinned_takes_versions_from_this_environment():
-    (numpy_pin, fastapi_pin) = pack.pinned(["numpy==1.26.4", "fastapi"])
-    assert numpy_pin == "numpy==1.26.4"
-    assert fastapi_pin.startswith("fastapi==") and fastapi_pin.split("==")[1][0].isdigit()
-
-
-# --- what the device installs from it ----------------------------------------------------------------------------
-
-
-def _dist(name, version, *requires):
-    return install_pack.PackedDist(name, version, list(requires))
-
-
-def test_device_keeps_its_own_builds_unless_missing_unsuitable_or_numpy():
-    packed = {
-        "numpy": _dist("numpy", "1.26.4"),
-        "fastapi": _dist("fastapi", "0.165.0", "starlette>=0.40", "pydantic>=2"),
-        "starlette": _dist("starlette", "1.10.0", "anyio>=4"),
-        "pydantic": _dist("pydantic", "2.13.5"),
-        "anyio": _dist("anyio", "4.16.0"),
-        "tritonclient": _dist(
-            "tritonclient", "2.73.0", 'grpcio>=1.81.1; extra == "grpc"', 'aiohttp>=3.8; extra == "http"'
-        ),
-        "grpcio": _dist("grpcio", "1.85.3"),
-        "aiohttp": _dist("aiohttp", "3.14.5"),
-        "httpx": _dist("httpx", "0.28.1"),
-    }
-    installed = {
-        "numpy": "2.5.2",
-        "fastapi": None,
-        "starlette": None,
-        "pydantic": "2.12.0",
-        "anyio": "3.7.1",  # too old for the starlette we bring
-        "tritonclient": None,
-        "grpcio": "1.60.0",  # too old for tritonclient[grpc]
-        "aiohttp": "3.0.0",  # only the unused [http] extra wants newer
-        "httpx": "0.28.1",
-    }
-    chosen = install_pack.choose(packed, installed)
-    assert set(chosen) == {"numpy", "fastapi", "starlette", "tritonclient", "anyio", "grpcio"}
-    assert chosen["numpy"] == "always ours"
-    assert "starlette requires >=4" in chosen["anyio"]
-
-
-def test_install_copies_chosen_dists_into_site(tmp_path):
-    opt = tmp_path / "opt"
-    for name, version in (("fresh_pkg", "1.0"), ("numpy", "1.26.4")):
-        (opt / name / name).mkdir(parents=True)
-        (opt / name / name / "__init__.py").write_text(f"VERSION = {version!r}\n")
-        info = opt / name / f"{name}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    report = install_pack.install(tmp_path / "site", [opt])
-    assert set(report["from_pack"]) == {"fresh_pkg", "numpy"}
-    assert (tmp_path / "site" / "fresh_pkg" / "__init__.py").exists()
-    assert (tmp_path / "site" / "numpy-1.26.4.dist-info" / "METADATA").exists()
-
+from scripts.gpu import bench_gpu as bench
+from scripts.gpu import make_models, report
+from scripts.gpu.engine_parameters import engine_parameters
+from scripts.gpu.results_file import ResultsFile
 
 # --- the models built on the GPU ---------------------------------------------------------------------------------
 
@@ -145,13 +28,70 @@ def test_published_shapes_have_the_published_sizes():
 
 
 def test_mini_flux_folder_loads_as_a_flux_pipeline(tmp_path, tiny_models):
+    """With no tokenizer folder given, the builder takes the project's tiny FLUX's: nothing to download."""
     from diffusers import DiffusionPipeline
 
-    info = make_models.build("flux", tmp_path / "flux", tiny_models["tiny-flux"], mini=True, device="cpu")
+    info = make_models.build("flux", tmp_path / "flux", mini=True, device="cpu")
     assert info["parameters"]["transformer"] > 0 and (tmp_path / "flux" / "random_weights.json").exists()
+    assert info["shape_digest"] == make_models.shape_digest("flux", mini=True)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "flux")
     assert type(pipe).__name__ == "FluxPipeline"
     assert pipe.tokenizer_2.model_max_length == 512  # the transformer sees 512 text tokens, as with T5-XXL
+
+
+def test_a_built_folder_is_reused_until_its_shapes_change(tmp_path, monkeypatch):
+    """``ensure_built`` builds in a child process (``python -m scripts.gpu.make_models``) only when the folder is
+    missing or its stamp names other shapes."""
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        out = Path(command[command.index("scripts.gpu.make_models") + 2])
+        out.mkdir(parents=True, exist_ok=True)
+        info = {"kind": "wan", "shape_digest": make_models.shape_digest("wan", True)}
+        (out / make_models.STAMP).write_text(json.dumps(info))
+        return make_models.subprocess.CompletedProcess(command, 0, json.dumps(info) + "\n", "")
+
+    monkeypatch.setattr(make_models.subprocess, "run", fake_run)
+    folder, built = make_models.ensure_built("wan", tmp_path, mini=True, device="cpu")
+    assert folder == tmp_path / "wan-mini" and built is not None and "wall_s" in built
+    assert commands[0][1:] == ["-m", "scripts.gpu.make_models", "wan", str(folder), "--device", "cpu", "--mini"]
+    assert make_models.ensure_built("wan", tmp_path, mini=True, device="cpu") == (folder, None)
+    (folder / make_models.STAMP).write_text(json.dumps({"shape_digest": "an older shape"}))
+    assert make_models.ensure_built("wan", tmp_path, mini=True, device="cpu")[1] is not None
+    assert len(commands) == 2
+
+
+# --- what the benchmark and the smoke test serve -----------------------------------------------------------------
+
+
+def test_sglang_runs_its_native_pipelines_on_gpus_and_stays_quiet_on_cpus():
+    on_gpu = engine_parameters("flux", "sglang", on_gpu=True)
+    assert on_gpu == {
+        "engine": "sglang",
+        "sglang_backend": "sglang",
+        "sglang_model_id": "FLUX.1-dev",
+        "sglang_attention_backend": "torch_sdpa",
+    }
+    wan_on_cpu = engine_parameters("wan-t2v", "sglang", on_gpu=False, attention_backend="fa")
+    assert wan_on_cpu["sglang_backend"] == "diffusers"  # SGLang's native Wan needs sgl-kernel's CPU ops
+    assert wan_on_cpu["sglang_sleep_on_idle"] == "true" and wan_on_cpu["sglang_attention_backend"] == "fa"
+    assert engine_parameters("wan-i2v", "diffusers", on_gpu=False) == {"engine": "diffusers", "cpu_threads": "1"}
+    assert engine_parameters("wan-i2v", "diffusers", on_gpu=True) == {"engine": "diffusers"}
+    with pytest.raises(ValueError):
+        engine_parameters("flux", "transformers", on_gpu=True)
+
+
+def test_results_file_is_rewritten_whole_after_each_change(tmp_path):
+    results = ResultsFile(tmp_path / "out" / "results.json", {"started": "now"})
+    results.put(["image", "sglang", "load_s"], 1.5)
+    results.append("checks", {"name": "a"})
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == {
+        "started": "now",
+        "image": {"sglang": {"load_s": 1.5}},
+        "checks": [{"name": "a"}],
+    }
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]
 
 
 # --- statistics --------------------------------------------------------------------------------------------------
@@ -183,14 +123,7 @@ def test_repetitions_shrink_to_the_time_left():
     assert bench.fit_repetitions(6, 10.0, seconds_left=30, reserve=50, minimum=3) == 3
 
 
-def test_device_script_parses():
-    subprocess.run(["bash", "-n", str(GPU_SCRIPTS / "device_run.sh")], check=True)
-    subprocess.run(["bash", "-n", str(GPU_SCRIPTS / "pack.sh")], check=True)
-
-
 # --- the report, and the serve fix found on the GPU -------------------------------------------------------------
-
-report = _load("report")
 
 
 def _run(label, served, bare, before_fix=False):

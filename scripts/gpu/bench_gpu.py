@@ -1,4 +1,4 @@
-"""What serving costs on a GPU, and what the SGLang engine gains over diffusers (issue 8).
+"""What serving costs on a GPU, and what the SGLang engine gains over diffusers.
 
 Every measurement puts the served product — OpenAI HTTP request → frontend → Triton (gRPC) → the model's Python
 stub → engine → encoded file → back to the client, decoded — beside the *bare* engine: the project's own engine class
@@ -17,20 +17,19 @@ Plans (``--plan``):
 Everything is written to ``--out/results.json`` after each phase, so a run stopped at its time limit keeps what it
 measured. ``--deadline`` (seconds from start) shrinks repetitions to what still fits. ``--tiny`` builds toy models
 of the same classes on the CPU for a dry run of this whole script.
+
+usage (from the project root, in its environment): python -m scripts.gpu.bench_gpu --plan image,video,multi-gpu
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import gc
-import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -40,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
+from scripts.gpu.host import describe_device, git_commit, gpu_memory, library_versions, release_gpu
+from scripts.gpu.make_models import ensure_built
+from scripts.gpu.results_file import ResultsFile
+from scripts.gpu.served_stack import start_frontend, start_triton
 
 log = logging.getLogger("bench_gpu")
 PROMPT = "a photograph of a red fox standing in fresh snow at golden hour, detailed fur"
@@ -106,32 +106,6 @@ class Deadline:
         return self.end - time.monotonic()
 
 
-# --- results ---------------------------------------------------------------------------------------------------
-
-
-class Results:
-    """One JSON document, rewritten after every phase."""
-
-    def __init__(self, path: Path, initial: dict[str, Any]) -> None:
-        self.path = path
-        self.data = initial
-        self.lock = threading.Lock()
-        self.save()
-
-    def put(self, keys: Sequence[str], value: Any) -> None:
-        with self.lock:
-            node = self.data
-            for key in keys[:-1]:
-                node = node.setdefault(key, {})
-            node[keys[-1]] = value
-            self.save()
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)
-
-
 # --- the served stack --------------------------------------------------------------------------------------------
 
 
@@ -161,27 +135,8 @@ class Served:
         self.triton.stop()
 
 
-def start_triton(specs, gpus: Sequence[int], workdir: Path, env: dict[str, str]):
-    """Render the repository for these GPUs and start tritonserver (loading in the background)."""
-    from diffusion_runtime.serve import TritonServer, render_repository
-
-    repository = render_repository(specs, workdir / "model_repository", gpus)
-    return TritonServer(repository, log_file=workdir / "tritonserver.log", env=env).start()
-
-
 def finish_stack(triton, workdir: Path, model: str, env: dict[str, str], load_timeout: float) -> Served:
-    from diffusion_runtime.serve import Frontend
-
-    triton.wait_ready(timeout=load_timeout)
-    frontend = Frontend(
-        triton,
-        fs_url=f"file://{workdir / 'media'}",
-        log_file=workdir / "frontend.log",
-        extra_args=("--state-dir", str(workdir / "state"), "--log-level", "warning"),
-        env=env,
-    )
-    frontend.start().wait_ready()
-    return Served(triton, frontend, model)
+    return Served(triton, start_frontend(triton, workdir, env, load_timeout), model)
 
 
 def post_image(client, model: str, size: tuple[int, int], steps: int, seed: int) -> tuple[float, bytes]:
@@ -296,18 +251,6 @@ class BareVideo:
         self.engine.close()
 
 
-def release_gpu() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: S110 - best effort
-        pass
-
-
 # --- settings ------------------------------------------------------------------------------------------------------
 
 
@@ -317,7 +260,6 @@ class Settings:
     out: Path
     work: Path
     model_root: Path
-    assets: Path
     device: str
     gpus: list[int]
     image_size: tuple[int, int]
@@ -335,66 +277,48 @@ class Settings:
 
 
 def image_parameters(settings: Settings, engine: str, model_path: Path) -> dict[str, str]:
-    parameters = {
+    return {
         "model_path": str(model_path),
         "served_model_name": SERVED_NAME["image"],
-        "engine": engine,
         "png_compress_level": "1",
         "max_size": "2048",
+        **engine_parameters(
+            "flux", engine, on_gpu=not settings.tiny, attention_backend=settings.sglang_attention_backend
+        ),
     }
-    if engine == "sglang":
-        parameters.update(
-            sglang_backend="sglang",  # SGLang's native pipeline; never a silent fall back to its diffusers backend
-            sglang_model_id="FLUX.1-dev",
-            sglang_attention_backend=settings.sglang_attention_backend,
-        )
-        if settings.tiny:
-            parameters["sglang_sleep_on_idle"] = "true"  # a 2-core CPU cannot spare a busy-polling core per generator
-    return parameters
 
 
 def video_parameters(settings: Settings, engine: str, model_path: Path) -> dict[str, str]:
-    parameters = {
+    return {
         "model_path": str(model_path),
         "served_model_name": SERVED_NAME["video"],
-        "engine": engine,
         "video_mode": "t2v",
+        **engine_parameters(
+            "wan-t2v", engine, on_gpu=not settings.tiny, attention_backend=settings.sglang_attention_backend
+        ),
     }
-    if engine == "sglang":
-        parameters.update(
-            sglang_backend="sglang",  # SGLang's native Wan pipeline, no silent fall back to its diffusers backend
-            sglang_model_id="Wan2.1-T2V-1.3B-Diffusers",
-            sglang_attention_backend=settings.sglang_attention_backend,
-        )
-        if settings.tiny:
-            parameters.update(sglang_backend="diffusers", sglang_sleep_on_idle="true")
-    return parameters
 
 
-def ensure_model(settings: Settings, kind: str, results: Results) -> Path:
-    """The random-weight model folder, built once per machine by a separate process (its GPU memory is freed)."""
-    target = settings.model_root / (f"{kind}-mini" if settings.tiny else kind)
-    if (target / "random_weights.json").exists():
-        return target
-    source = settings.assets / ("tiny-flux" if kind == "flux" else "tiny-wan-t2v")
-    command = [sys.executable, str(HERE / "make_models.py"), kind, str(target), str(source)]
-    command += ["--device", "cpu", "--mini"] if settings.tiny else ["--device", "cuda"]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **settings.env})
-    (settings.work / f"make_{kind}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        raise RuntimeError(f"building the {kind} model failed:\n{done.stderr[-3000:]}")
-    info = json.loads(done.stdout.strip().splitlines()[-1])
-    info["wall_s"] = round(time.perf_counter() - start, 1)
-    results.put(["models", kind], info)
-    log.info("built %s in %.0f s: %s", kind, info["wall_s"], info)
+def ensure_model(settings: Settings, kind: str, results: ResultsFile) -> Path:
+    """The random-weight model folder (toy widths with ``--tiny``), built once per machine."""
+    target, built = ensure_built(
+        kind,
+        settings.model_root,
+        mini=settings.tiny,
+        device="cpu" if settings.tiny else "cuda",
+        env=settings.env,
+        log_file=settings.work / f"make_{kind}.log",
+    )
+    if built is not None:
+        results.put(["models", kind], built)
+        log.info("built %s in %.0f s: %s", kind, built["wall_s"], built)
     return target
 
 
 # --- phases ------------------------------------------------------------------------------------------------------
 
 
-def measure_image_engine(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     import httpx
 
     from diffusion_runtime.serve import ModelSpec
@@ -568,7 +492,7 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float
     return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0)}
 
 
-def measure_video(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+def measure_video(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     import httpx
 
     from diffusion_runtime.serve import REPOSITORY, ModelSpec
@@ -656,7 +580,7 @@ def measure_video(settings: Settings, engine: str, results: Results, deadline: D
         release_gpu()
 
 
-def measure_multi_gpu(settings: Settings, engine: str, results: Results, deadline: Deadline) -> None:
+def measure_multi_gpu(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     """Images/s with one instance on GPU 0, then one instance on each visible GPU; same request mix."""
     from diffusion_runtime.serve import ModelSpec
 
@@ -710,7 +634,7 @@ def measure_multi_gpu(settings: Settings, engine: str, results: Results, deadlin
 
 
 def summary_lines(data: dict[str, Any]) -> str:
-    """The headline numbers, last in the output (the remote runner returns the output's tail)."""
+    """The headline numbers, last in the output (where a log shown by its tail keeps them)."""
     lines = ["=== summary", f"device: {data.get('device', {}).get('gpus')}"]
     for kind in ("image", "video"):
         for engine, entry in data.get(kind, {}).items():
@@ -747,50 +671,6 @@ def summary_lines(data: dict[str, Any]) -> str:
 # --- environment -------------------------------------------------------------------------------------------------
 
 
-def gpu_memory() -> list[str]:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return out.stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return []
-
-
-def describe_device() -> dict[str, Any]:
-    info: dict[str, Any] = {"host": platform.node(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception as exc:  # noqa: BLE001
-        info["torch_error"] = repr(exc)
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        info["nvidia_smi"] = out.stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        info["nvidia_smi"] = []
-    for name in ("numpy", "diffusers", "transformers", "sglang", "tritonclient", "fastapi", "uvicorn"):
-        try:
-            from importlib.metadata import version
-
-            info[name] = version(name)
-        except Exception:  # noqa: BLE001
-            info[name] = None
-    return info
-
-
 def visible_gpus() -> list[int]:
     from diffusion_runtime.serve import detect_gpus
 
@@ -813,7 +693,6 @@ def build_settings(args: argparse.Namespace) -> Settings:
         out=args.out,
         work=args.work,
         model_root=args.model_root,
-        assets=args.assets,
         device="cuda:0" if gpus else "cpu",
         gpus=gpus,
         image_size=parse_size(args.image_size or ("64x64" if tiny else "1024x1024")),
@@ -837,10 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default="sglang,diffusers", help="image engines, in order")
     parser.add_argument("--video-engines", default="diffusers")
     parser.add_argument("--multi-gpu-engine", default="diffusers")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench-gpu-out")))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu-work"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench-gpu-out")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-gpu-work")
     parser.add_argument("--model-root", type=Path, default=None, help="where model folders are built (default: RAM)")
-    parser.add_argument("--assets", type=Path, required=True, help="the packed tokenizer folders (pack's assets/)")
     parser.add_argument("--deadline", type=float, default=540.0, help="seconds this run may take")
     parser.add_argument("--tiny", action="store_true", help="toy models on the CPU: a dry run of everything")
     parser.add_argument("--gpus", default=None)
@@ -854,12 +732,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-images", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--load-timeout", type=float, default=400.0)
-    parser.add_argument("--sglang-attention-backend", default="torch_sdpa")
+    parser.add_argument("--sglang-attention-backend", default=DEFAULT_SGLANG_ATTENTION_BACKEND)
     args = parser.parse_args(argv)
     if args.model_root is None:
         shm = Path("/dev/shm")
         free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.exists() else 0
-        args.model_root = shm / "td-models" if free > 40 * 2**30 or args.tiny else Path("/tmp/td-models")
+        in_memory = free > 40 * 2**30 or args.tiny
+        args.model_root = shm / "td-models" if in_memory else Path(tempfile.gettempdir()) / "td-models"
     for folder in (args.out, args.work, args.model_root):
         folder.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -869,12 +748,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     deadline = Deadline(args.deadline)
     settings = build_settings(args)
-    results = Results(
+    results = ResultsFile(
         args.out / "results.json",
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": sys.argv,
+            "commit": git_commit(),
             "device": describe_device(),
+            "versions": library_versions(),
             "settings": {k: v for k, v in vars(settings).items() if k != "env"},
         },
     )

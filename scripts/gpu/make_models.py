@@ -1,32 +1,40 @@
-"""Build diffusers model folders of the published shapes with random weights, on the GPU itself (weights never travel).
+"""Build diffusers model folders of the published shapes with random weights, on the GPU that will serve them.
 
 ``flux``: FLUX.1-dev (``black-forest-labs/FLUX.1-dev``'s configs): the 11.9 B-parameter transformer (19 double and
 38 single blocks, 24 heads of 128, joint attention width 4096, pooled width 768, guidance embedding) and the
 16-channel VAE (128/256/512/512, two layers per block). Text encoders keep the widths the transformer consumes but
 not the depth: CLIP-L's width (768, 12 heads, MLP 3072) with 1 of its 12 layers, and T5-XXL's width (4096, 64 heads
 of 64, gated-GELU MLP 10240) with 1 of its 24 layers; their vocabularies are those of the tiny models' trained
-tokenizers (which travel). The prompt still becomes 512 T5 tokens and a 768-wide pooled vector, so the
-transformer sees the real sequence length (4096 image + 512 text tokens at 1024²). The 34 missing encoder layers
-(~4.8 B parameters) run once per image, not per step: about 10 ms on an H100.
+tokenizers. The prompt still becomes 512 T5 tokens and a 768-wide pooled vector, so the transformer sees the real
+sequence length (4096 image + 512 text tokens at 1024²). The 34 missing encoder layers (~4.8 B parameters) run once
+per image, not per step: about 10 ms on an H100.
 
 ``wan``: Wan2.1-T2V-1.3B (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``): the transformer (30 layers, 12 heads of 128,
 FFN 8960, text width 4096) and the Wan 2.1 VAE (diffusers' defaults are its config), UniPC flow-matching scheduler
 (shift 3.0). The UMT5-XXL text encoder keeps its width (4096, 64 heads of 64, MLP 10240) with 1 of 24 layers.
 
-``--mini`` builds the same classes at toy widths (for dry runs on a CPU). Random weights are PyTorch's default
-initialisation, in bfloat16 (float32 with ``--mini``); a fixed seed makes the folder the same on every machine.
+``--mini`` builds the same classes at toy widths (the smoke test's "mini" shapes; dry runs on a CPU). Random weights
+are PyTorch's default initialisation, in bfloat16 (float32 with ``--mini``); a fixed seed makes the folder the same
+on every machine. Tokenizers and the FLUX scheduler come from a tiny model's folder (``TOKENIZERS``), by default the
+project's own tiny models (``diffusion_runtime.tiny_models``, built locally on first use), so no download is needed.
 
-usage: python make_models.py {flux,wan} OUT TOKENIZERS_DIR [--mini] [--device cuda]
+usage: python -m scripts.gpu.make_models {flux,wan} OUT [TOKENIZERS] [--mini] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FLUX_TRANSFORMER = dict(
     patch_size=1,
     in_channels=64,
@@ -180,12 +188,33 @@ def build_wan(out: Path, tokenizers: Path, mini: bool, device: str):
 
 
 BUILDERS = {"flux": build_flux, "wan": build_wan}
+TOKENIZER_MODELS = {"flux": "tiny-flux", "wan": "tiny-wan-t2v"}  # the tiny model whose tokenizers each kind reuses
+STAMP = "random_weights.json"
 
 
-def build(kind: str, out: Path, tokenizers: Path, mini: bool = False, device: str = "cuda") -> dict:
+def shape_digest(kind: str, mini: bool) -> str:
+    """Names the shapes a folder was built with, so a folder built before a shape change is rebuilt."""
+    shapes = {
+        ("flux", False): (FLUX_TRANSFORMER, FLUX_VAE, CLIP_L, T5_XXL),
+        ("flux", True): (MINI_FLUX_TRANSFORMER, MINI_FLUX_VAE, MINI_CLIP, MINI_T5),
+        ("wan", False): (WAN_1_3B, T5_XXL),
+        ("wan", True): (MINI_WAN, MINI_WAN_VAE, MINI_T5),
+    }[kind, mini]
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
+
+
+def default_tokenizers(kind: str) -> Path:
+    """The project's tiny model folder holding the tokenizers (and scheduler) ``kind`` reuses; built if missing."""
+    from diffusion_runtime.tiny_models import ensure_tiny_model
+
+    return ensure_tiny_model(TOKENIZER_MODELS[kind])
+
+
+def build(kind: str, out: Path, tokenizers: Path | None = None, mini: bool = False, device: str = "cuda") -> dict:
     """Build and save one model folder; returns what was built (parameter counts, seconds)."""
     import torch
 
+    tokenizers = tokenizers or default_tokenizers(kind)
     started = time.perf_counter()
     torch.set_grad_enabled(False)
     previous = torch.get_default_dtype()
@@ -208,21 +237,58 @@ def build(kind: str, out: Path, tokenizers: Path, mini: bool = False, device: st
     info = {
         "kind": kind,
         "mini": mini,
+        "shape_digest": shape_digest(kind, mini),
         "parameters": params,
         "dtype": "float32" if mini else "bfloat16",
         "build_s": round(built - started, 2),
         "save_s": round(time.perf_counter() - built, 2),
         "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
     }
-    (out / "random_weights.json").write_text(json.dumps(info, indent=1))
+    (out / STAMP).write_text(json.dumps(info, indent=1))
     return info
+
+
+def ensure_built(
+    kind: str,
+    root: Path,
+    *,
+    mini: bool,
+    device: str,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+) -> tuple[Path, dict | None]:
+    """The folder of ``kind`` under ``root``, built first (in a child process, so the GPU memory the build takes
+    is freed when it exits) when missing or built with other shapes. Returns the folder and, when it was built
+    now, what ``build`` reported (with ``wall_s``)."""
+    target = root / (f"{kind}-mini" if mini else kind)
+    stamp = target / STAMP
+    if stamp.exists() and json.loads(stamp.read_text()).get("shape_digest") == shape_digest(kind, mini):
+        return target, None
+    root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "scripts.gpu.make_models", kind, str(target), "--device", device]
+    command += ["--mini"] if mini else []
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+    if log_file is not None:
+        log_file.write_text(done.stdout + done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"building the {kind} model failed:\n{done.stderr[-3000:]}")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    info["wall_s"] = round(time.perf_counter() - started, 1)
+    return target, info
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=sorted(BUILDERS))
     parser.add_argument("out", type=Path)
-    parser.add_argument("tokenizers", type=Path, help="a tiny model folder whose tokenizers and scheduler to reuse")
+    parser.add_argument(
+        "tokenizers",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="a tiny model folder whose tokenizers and scheduler to reuse (default: the project's tiny model)",
+    )
     parser.add_argument("--mini", action="store_true")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
-"""Turn the ``results.json`` files that the GPU runs brought back into ``benchmarks/results/gpu-<date>.{json,md}``.
+"""Turn the ``results.json`` files of GPU benchmark runs into ``benchmarks/results/gpu-<date>.{json,md}``.
 
-usage: python scripts/gpu/report.py --date 2026-11-26 [--before-fix LABEL ...] [--note TEXT ...] RUN [RUN...]
+usage: python -m scripts.gpu.report --date 2026-11-26 [--before-fix LABEL ...] [--note TEXT ...] RUN [RUN...]
   RUN = LABEL=PATH_TO_results.json[@CARD DESCRIPTION, e.g. 'NVIDIA H100 80GB HBM3 (1x H100)']
 Runs named by ``--before-fix`` are kept (rows marked ``before_fix``) but take no part in the goals or the pooled
 figures: they were measured before a fix to the served stack.
