@@ -75,6 +75,23 @@ def test_http_infer_returns_encoded_images_and_seeds(triton: TritonServer) -> No
     assert result.as_numpy("INFERENCE_TIME_S")[0, 0] > 0
 
 
+def test_a_request_for_some_outputs_gets_those_from_both_answer_paths(triton: TritonServer) -> None:
+    """Small images are answered within ``execute``, larger ones from the encoder thread; either way a client that
+    names its outputs gets exactly those, and the model keeps answering (the thread path once killed the stub)."""
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        for size in (64, 256, 64):
+            inputs = image_request(
+                grpcclient,
+                "a lighthouse",
+                HEIGHT=(np.int32, size),
+                WIDTH=(np.int32, size),
+                NUM_INFERENCE_STEPS=(np.int32, 1),
+            )
+            result = client.infer("image_diffusion", inputs, outputs=[grpcclient.InferRequestedOutput("IMAGES")])
+            assert result.as_numpy("SEEDS") is None and result.as_numpy("INFERENCE_TIME_S") is None
+            assert Image.open(io.BytesIO(result.as_numpy("IMAGES")[0, 0])).size == (size, size)
+
+
 def test_invalid_values_are_invalid_arg_with_a_useful_message(triton: TritonServer) -> None:
     with httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}") as client:
         with pytest.raises(InferenceServerException) as info:
