@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
-from scripts.gpu.host import describe_device, git_commit, gpu_memory, library_versions, release_gpu
+from scripts.gpu.host import (
+    command_line,
+    describe_device,
+    git_commit,
+    gpu_memory,
+    library_versions,
+    release_gpu,
+)
 from scripts.gpu.make_models import ensure_built
 from scripts.gpu.results_file import ResultsFile
 from scripts.gpu.served_stack import start_frontend, start_triton
@@ -752,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "results.json",
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "argv": sys.argv,
+            "command": command_line("scripts.gpu.bench_gpu", sys.argv[1:] if argv is None else argv),
             "commit": git_commit(),
             "device": describe_device(),
             "versions": library_versions(),

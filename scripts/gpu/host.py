@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,8 @@ def release_gpu() -> None:
 
 def sglang_installed() -> bool:
     return importlib.util.find_spec("sglang") is not None
+
+
+def command_line(module: str, arguments: Sequence[str]) -> str:
+    """How a run was started, as a user would type it (no paths of the machine it ran on)."""
+    return " ".join(["python", "-m", module, *arguments])

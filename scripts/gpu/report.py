@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--date", required=True)
+    parser.add_argument("--issue", type=int, default=None, help="the issue these runs answer, recorded if given")
     parser.add_argument("--before-fix", action="append", default=[])
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         label, _, rest = spec.partition("=")
         path, _, device = rest.partition("@")
         results = json.loads(Path(path).read_text())
+        if "argv" in results:  # files of runs before "command" was recorded named the script by its full path
+            results["command"] = "python -m scripts.gpu.bench_gpu " + " ".join(results.pop("argv")[1:])
         runs.append({"label": label, "device": device, "before_fix": label in args.before_fix, "results": results})
     table = rows(runs)
     pool = pooled(table)
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     goals = verdicts(table)
     document: dict[str, Any] = {
         "date": args.date,
-        "issue": 8,
+        **({"issue": args.issue} if args.issue else {}),
         "device": sorted({row["device"] for row in table}),
         "engine": sorted({row["engine"] for row in table}),
         "workload": sorted({row["workload"] for row in table}),

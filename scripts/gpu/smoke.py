@@ -59,6 +59,7 @@ from diffusion_runtime.tiny_models import default_cache_dir, ensure_tiny_model
 from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
 from scripts.gpu.host import (
     PROJECT_ROOT,
+    command_line,
     cuda_available,
     describe_device,
     git_commit,
@@ -964,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": describe_device(),
             "versions": library_versions(),
             "started": started,
-            "argv": sys.argv if argv is None else argv,
+            "command": command_line("scripts.gpu.smoke", sys.argv[1:] if argv is None else argv),
             "settings": {
                 "deadline_s": args.deadline,
                 "engines": list(options.engines or ["every engine this host can run"]),
