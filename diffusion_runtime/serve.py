@@ -12,6 +12,7 @@ served name as parameters.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -253,6 +254,9 @@ def _wait_until(url: str, process: subprocess.Popen, timeout: float, what: str, 
 
 
 def _stop(process: subprocess.Popen | None, grace: float = 20.0) -> None:
+    """SIGINT, then SIGKILL after ``grace``; then what is left of the process's group (each is started with
+    ``start_new_session``) is killed: Triton 2.51 leaves behind the stub processes of a model version it
+    could not unload (one whose stub died), and a frozen stub never notices that its server exited."""
     if process is None or process.poll() is not None:
         return
     process.send_signal(signal.SIGINT)
@@ -261,10 +265,28 @@ def _stop(process: subprocess.Popen | None, grace: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 class TritonServer:
-    """A tritonserver subprocess on loopback ports (free ones unless given)."""
+    """A tritonserver subprocess on loopback ports (free ones unless given).
+
+    It runs with ``--model-control-mode=explicit --load-model=*``: every model in the repository loads at
+    startup, as in the default mode, and the repository API (``POST /v2/repository/models/<name>/load``) is
+    open, which is how a model is brought back without restarting the server. Triton 2.51's Python backend
+    does not restart a model's stub process that died (or froze: its health heartbeat stops); the model keeps
+    answering "Stub process ... is not healthy" until it is reloaded. The frontend reloads it on the server
+    where it failed (``openai_frontend.triton``), so one dead model costs that model a reload, not every model
+    on the server a restart. Polling mode would not help: like a load request, it reloads only models whose
+    files or config changed, which is why the frontend's reload changes one config parameter.
+
+    Observed in 2.51: the replaced copy of the model is never fully unloaded once a request has failed on its
+    dead stub, so its other instances' stub processes (and their memory) stay until tritonserver exits, and
+    shutdown then waits out ``--exit-timeout-secs``. With one instance per model and server nothing but the
+    dead stub's bookkeeping is left; with several instances of a model too large to fit twice, restart
+    tritonserver instead.
+    """
 
     def __init__(
         self,
@@ -311,6 +333,8 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            "--model-control-mode=explicit",  # the load API, so a model whose stub died can be reloaded
+            "--load-model=*",
             "--exit-timeout-secs=10",
         ]
         if install.backend_directory is not None:

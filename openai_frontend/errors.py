@@ -37,6 +37,9 @@ _TYPES = {
 
 
 _INVALID_ARGUMENT = re.compile(r"invalid argument(?: \[(\w+)\])?: (.*)$", re.DOTALL)
+# Seconds a client is told to wait after a 503: short, since a model whose process died is reloaded at once
+# and a request to it is answered at once until it is back (the OpenAI SDK retries on its own within 60 s).
+RETRY_UNAVAILABLE_AFTER_S = 5
 
 
 class OpenAIError(Exception):
@@ -65,7 +68,9 @@ class OpenAIError(Exception):
 
     def response(self) -> JSONResponse:
         headers = dict(self.headers)
-        if self.status >= 500 and self.status != 503:
+        if self.status == 503:  # something is down for now (a model being reloaded, Triton, storage): say when
+            headers.setdefault("retry-after", str(RETRY_UNAVAILABLE_AFTER_S))
+        elif self.status >= 500:
             headers.setdefault("x-should-retry", "false")  # a failed generation is not worth re-running blindly
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
@@ -75,9 +80,14 @@ def invalid(message: str, param: str | None = None) -> OpenAIError:
 
 
 def stub_died(message: str) -> bool:
-    """Triton's answer once a Python model's stub process has died. Triton 2.51 neither restarts the stub nor
-    stops reporting the model READY (``TritonBackend`` keeps track of such models for readiness)."""
+    """Triton's answer once a Python model's stub process has died or frozen. Triton 2.51 neither restarts the
+    stub nor stops reporting the model READY; ``TritonBackend`` marks the model down and has it reloaded."""
     return "Stub process" in message and "is not healthy" in message
+
+
+def model_unavailable(reason: str) -> OpenAIError:
+    """The model is down on every server that has it, for now (503 with Retry-After, see ``response``)."""
+    return OpenAIError(503, f"the model is unavailable: {reason}; retry shortly", code="model_unavailable")
 
 
 def queue_full() -> OpenAIError:
@@ -104,11 +114,7 @@ def from_triton_error(exc: Exception) -> OpenAIError:
     if "UNAVAILABLE" in status:
         return OpenAIError(503, f"the inference server is unavailable: {message}", code="triton_unavailable")
     if stub_died(message):
-        return OpenAIError(
-            503,
-            f"the model is down: its process in the inference server died ({message}); restart tritonserver",
-            code="model_unavailable",
-        )
+        return model_unavailable(f"its process in the inference server died ({message})")
     return OpenAIError(500, f"generation failed: {message}", code="generation_failed")
 
 

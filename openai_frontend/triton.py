@@ -1,12 +1,31 @@
-"""The frontend's view of Triton: which models it serves under which OpenAI ids, readiness, and inference.
+"""The frontend's view of Triton: which models it serves under which OpenAI ids, readiness, inference, and
+bringing back a model whose process died.
 
 Speaks gRPC (``tritonclient.grpc.aio``) because only gRPC carries cancellation: when a caller's task is
 cancelled, the gRPC call is cancelled and Triton marks the request cancelled for the model to see.
+
+Recovery: Triton 2.51 does not restart a Python model's stub process that died (or froze, which stops its
+health heartbeat); the model answers "Stub process ... is not healthy" until it is reloaded, and Triton keeps
+calling it READY. The first such answer marks the model down on that server and starts one reload there
+through Triton's repository API (``load_model``; the server runs with ``--model-control-mode=explicit``, see
+``diffusion_runtime.serve.TritonServer``). Triton treats a load of a model whose files have not changed as
+already done, so the reload hands Triton the model's own config with its ``reload_count`` parameter raised by
+one, which makes it a change: Triton starts new stub processes and keeps the old copy answering until the new
+one is ready (several frontends that reload at once raise it to the same count, and Triton loads it once).
+While it reloads, requests for the model go to the other servers, or get 503 with Retry-After when none has
+it; the mark is cleared once the reload succeeds. Reloads of a model on a server start at most every
+``reload_interval`` seconds (the wait doubling while they fail). A server that refuses the repository API
+(started without explicit model control) is logged and left to its supervisor: requests keep reaching it and
+fail fast until it is restarted.
+
+A model that hangs inside its own code while its process stays responsive is not reloaded: its requests end
+with 504 at the request timeout, and a timeout cannot tell such a model from a slow one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -23,12 +42,16 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from diffusion_runtime.params import ImageLimits, VideoLimits
-from openai_frontend.errors import OpenAIError, from_triton_error, queue_full, stub_died
+from openai_frontend.errors import OpenAIError, from_triton_error, model_unavailable, queue_full, stub_died
 
 log = logging.getLogger(__name__)
 
 TASKS = ("image", "video", "text")
 _REFRESH_SECONDS = 5.0
+RELOAD_INTERVAL_S = 10.0  # the least time between two reloads of one model on one server
+_RELOAD_MAX_INTERVAL_S = 300.0  # the most, after reloads that keep failing
+_RELOAD_TIMEOUT_S = 900.0  # a real checkpoint can take minutes to load onto GPUs
+RELOAD_PARAMETER = "reload_count"  # config parameter raised by each reload (models ignore it)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(.+)$")
 T = TypeVar("T")
 
@@ -89,6 +112,11 @@ def _server_unreachable(exc: InferenceServerException) -> bool:
     return ("UNAVAILABLE" in status and "queue" not in message) or "failed to connect" in message
 
 
+def _model_control_refused(exc: InferenceServerException) -> bool:
+    """The server was not started with ``--model-control-mode=explicit``: it cannot reload a model."""
+    return "not allowed" in (exc.message() or "")
+
+
 def _queue_full(exc: InferenceServerException) -> bool:
     return "queue" in (exc.message() or "").lower() and "UNAVAILABLE" in str(exc.status() or "")
 
@@ -114,7 +142,8 @@ def channel_args() -> list[tuple[str, int]]:
 class TritonEndpoint:
     """One tritonserver. ``in_flight`` counts this frontend's open calls to it (the load-balancing signal);
     after a connection failure the server is skipped until ``down_until``. ``failed_models`` holds the models
-    whose stub process died there (Triton's error), until one answers again or the server restarts."""
+    whose stub process died there (Triton's error, with its message), until a reload brings them back, one
+    answers again, or the server restarts; ``reloads`` the reload of each that is under way."""
 
     url: str
     metrics_url: str | None
@@ -123,6 +152,19 @@ class TritonEndpoint:
     model_in_flight: Counter[str] = field(default_factory=Counter)
     down_until: float = 0.0
     failed_models: dict[str, str] = field(default_factory=dict)
+    reloads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    reload_started: dict[str, float] = field(default_factory=dict)  # model → when its last reload began
+    reloaded_at: dict[str, float] = field(default_factory=dict)  # model → when its last reload succeeded
+    model_control: bool = True  # False once the server refused to reload a model (no explicit model control)
+
+    def reloading(self, model: str) -> bool:
+        task = self.reloads.get(model)
+        return task is not None and not task.done()
+
+    def restarted(self) -> None:
+        """The server could not be reached: one that comes back starts new model processes in its own mode."""
+        self.failed_models.clear()
+        self.model_control = True
 
 
 class TritonBackend:
@@ -130,7 +172,13 @@ class TritonBackend:
     not marked down; a server that cannot be reached is marked down for ``retry_after`` seconds and the call
     moves on to the next, so users see no error while another server can take the request."""
 
-    def __init__(self, urls: Sequence[str], metrics_urls: Sequence[str | None] = (), retry_after: float = 2.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        metrics_urls: Sequence[str | None] = (),
+        retry_after: float = 2.0,
+        reload_interval: float = RELOAD_INTERVAL_S,
+    ) -> None:
         if not urls:
             raise ValueError("at least one Triton URL is needed")
         metrics = list(metrics_urls) + [None] * (len(urls) - len(metrics_urls))
@@ -139,6 +187,7 @@ class TritonBackend:
             for url, metrics_url in zip(urls, metrics, strict=True)
         ]
         self.retry_after = retry_after
+        self.reload_interval = reload_interval
         self._models: dict[str, ServedModel] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
@@ -147,6 +196,8 @@ class TritonBackend:
 
     async def close(self) -> None:
         for endpoint in self.endpoints:
+            for task in endpoint.reloads.values():
+                task.cancel()
             await endpoint.client.close()
 
     def _order(self) -> list[TritonEndpoint]:
@@ -157,11 +208,70 @@ class TritonBackend:
         rotated = [self.endpoints[(self._turn + i) % count] for i in range(count)]
         return sorted(rotated, key=lambda e: (e.down_until > now, e.in_flight))
 
-    def _model_failed(self, client: grpcclient.InferenceServerClient, model: str, message: str) -> None:
-        for endpoint in self.endpoints:
-            if endpoint.client is client and model not in endpoint.failed_models:
-                log.error("model %s on Triton at %s is down: %s", model, endpoint.url, message)
-                endpoint.failed_models[model] = message
+    def _model_failed(self, endpoint: TritonEndpoint, model: str, message: str, sent_at: float) -> None:
+        """A call sent at ``sent_at`` found ``model``'s stub process dead on ``endpoint``: mark the model down
+        there and have it reloaded, unless the call went to the model a reload has since replaced."""
+        if sent_at < endpoint.reloaded_at.get(model, -1.0):
+            return
+        if model not in endpoint.failed_models:
+            log.error("model %s on Triton at %s is down: %s", model, endpoint.url, message)
+            endpoint.failed_models[model] = message
+        if endpoint.model_control and not endpoint.reloading(model):
+            endpoint.reloads[model] = asyncio.create_task(self._reload(endpoint, model), name=f"reload {model}")
+
+    async def _reload(self, endpoint: TritonEndpoint, model: str) -> None:
+        """Reload ``model`` on ``endpoint`` until it is back: Triton loads a new copy (new stub processes) and
+        serves it once ready. A reload starts no sooner than ``reload_interval`` after the last one began (at
+        once the first time), and that wait doubles while reloads fail."""
+        failures = 0
+        while model in endpoint.failed_models:
+            if (last := endpoint.reload_started.get(model)) is not None:
+                wait = min(self.reload_interval * 2 ** max(failures - 1, 0), _RELOAD_MAX_INTERVAL_S)
+                await asyncio.sleep(max(0.0, last + wait - time.monotonic()))
+                if model not in endpoint.failed_models:  # the server was restarted meanwhile
+                    return
+            log.warning("reloading model %s on Triton at %s", model, endpoint.url)
+            started = endpoint.reload_started[model] = time.monotonic()
+            try:
+                config = await self._config_for_reload(endpoint.client, model)
+                await endpoint.client.load_model(model, config=config, client_timeout=_RELOAD_TIMEOUT_S)
+            except InferenceServerException as exc:
+                if _model_control_refused(exc):
+                    endpoint.model_control = False
+                    log.error(
+                        "Triton at %s cannot reload model %s (%s): start it with --model-control-mode=explicit "
+                        "--load-model=* to have failed models reloaded; until tritonserver restarts, requests "
+                        "for %s there fail",
+                        endpoint.url,
+                        model,
+                        exc.message(),
+                        model,
+                    )
+                    return
+                if _server_unreachable(exc):
+                    endpoint.restarted()
+                    return
+                log.error("reloading model %s on Triton at %s failed: %s", model, endpoint.url, exc.message())
+                failures += 1
+            except Exception:  # a task nobody awaits: say what went wrong, and try again later
+                log.exception("reloading model %s on Triton at %s failed", model, endpoint.url)
+                failures += 1
+            else:
+                endpoint.reloaded_at[model] = time.monotonic()
+                endpoint.failed_models.pop(model, None)
+                seconds = time.monotonic() - started
+                log.warning("model %s on Triton at %s is back: reloaded in %.1f s", model, endpoint.url, seconds)
+                return
+
+    @staticmethod
+    async def _config_for_reload(client: grpcclient.InferenceServerClient, model: str) -> str:
+        """The model's config as Triton runs it, with ``RELOAD_PARAMETER`` one higher: a load that changes the
+        config is a real reload, where one of an unchanged model is a no-op."""
+        config = (await client.get_model_config(model, as_json=True))["config"]
+        parameters = config.setdefault("parameters", {})
+        previous = parameters.get(RELOAD_PARAMETER, {}).get("string_value", "")
+        parameters[RELOAD_PARAMETER] = {"string_value": str(int(previous) + 1 if previous.isdigit() else 1)}
+        return json.dumps(config)
 
     async def _call(
         self,
@@ -171,41 +281,45 @@ class TritonBackend:
     ) -> T:
         """``work`` on the best server, moving on to the next when one is unreachable, has a full queue (at
         ``capacity`` calls to ``model`` here, or refused by Triton), or (for calls that name their Triton
-        ``model``) has lost that model's stub process."""
+        ``model``) has lost that model's stub process or is reloading the model."""
         last: InferenceServerException | None = None
         full = False
         for endpoint in self._order():
+            if model is not None and endpoint.reloading(model):
+                continue
             if model is not None and capacity is not None and endpoint.model_in_flight[model] >= capacity:
                 full = True
                 continue
             endpoint.in_flight += 1
             endpoint.model_in_flight[model or ""] += 1
+            sent_at = time.monotonic()
             try:
                 result = await work(endpoint.client)
                 endpoint.down_until = 0.0
-                if model is not None:
-                    endpoint.failed_models.pop(model, None)
+                if model is not None and not endpoint.reloading(model):
+                    endpoint.failed_models.pop(model, None)  # e.g. the server was restarted by its supervisor
                 return result
             except InferenceServerException as exc:
                 last = exc
                 if _server_unreachable(exc):
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
                     endpoint.down_until = time.monotonic() + self.retry_after
-                    endpoint.failed_models.clear()  # a server that comes back starts new model processes
+                    endpoint.restarted()
                     continue
                 if _queue_full(exc):
                     continue
                 if model is not None and stub_died(exc.message() or ""):
-                    self._model_failed(endpoint.client, model, exc.message())
+                    self._model_failed(endpoint, model, exc.message(), sent_at)
                     continue
                 raise from_triton_error(exc) from exc
             finally:
                 endpoint.in_flight -= 1
                 endpoint.model_in_flight[model or ""] -= 1
-        if last is None and full:
+        if last is not None:
+            raise from_triton_error(last) from last
+        if full:
             raise queue_full()
-        assert last is not None
-        raise from_triton_error(last) from last
+        raise model_unavailable("its process in the inference server died and it is being reloaded")
 
     async def _refresh(self) -> None:
         async def fetch(client: grpcclient.InferenceServerClient) -> dict[str, ServedModel]:
@@ -254,7 +368,7 @@ class TritonBackend:
                 return False, {"status": "not ready"}
             index = await endpoint.client.get_model_repository_index(as_json=True)
         except InferenceServerException as exc:
-            endpoint.failed_models.clear()  # a server that comes back starts new model processes
+            endpoint.restarted()
             return False, {"status": f"unreachable: {exc.message()}"}
         states = {m["name"]: m.get("state", "UNKNOWN") for m in index.get("models", [])}
         # Triton 2.51 still calls a model whose stub process died READY: say what requests to it found.
@@ -262,6 +376,8 @@ class TritonBackend:
         detail: dict[str, Any] = {"status": "ready", "models": states}
         if endpoint.failed_models:
             detail["errors"] = dict(endpoint.failed_models)
+        if reloading := sorted(name for name in endpoint.failed_models if endpoint.reloading(name)):
+            detail["reloading"] = reloading
         return bool(states) and all(state == "READY" for state in states.values()), detail
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -301,7 +417,7 @@ class TritonBackend:
             }
 
         async def first_response(client: grpcclient.InferenceServerClient):
-            served_by.append(client)
+            served_by.append((client, time.monotonic()))
             responses = client.stream_infer(request())
             try:
                 result, error = await responses.__anext__()
@@ -314,7 +430,7 @@ class TritonBackend:
                 raise error
             return responses, result
 
-        served_by: list[grpcclient.InferenceServerClient] = []
+        served_by: list[tuple[grpcclient.InferenceServerClient, float]] = []  # (server, when the call went)
         responses, result = await self._call(first_response, model.triton_name, model.capacity)
         complete = False  # once the model has ended the request, cancelling would only pin it in Triton
         try:
@@ -337,7 +453,9 @@ class TritonBackend:
                 if error is not None:
                     complete = True
                     if stub_died(error.message() or ""):
-                        self._model_failed(served_by[-1], model.triton_name, error.message())
+                        client, sent_at = served_by[-1]
+                        endpoint = next(e for e in self.endpoints if e.client is client)
+                        self._model_failed(endpoint, model.triton_name, error.message(), sent_at)
                     raise from_triton_error(error)
         except InferenceServerException as exc:
             raise from_triton_error(exc) from exc
