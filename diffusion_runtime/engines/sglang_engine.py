@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,9 +28,17 @@ from diffusion_runtime.params import ImageParams, VideoParams
 from diffusion_runtime.serve import free_port
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+# Stopping the generator, bounded to fit well inside tritonserver's exit timeout (serve.py: 10 s), which also
+# has to cover Triton's own one-second polls and the stub's interpreter teardown.
+SHUTDOWN_REPLY_TIMEOUT_MS = 2000  # the scheduler's answer to ShutdownReq (it answers, then cleans up)
+WORKER_CLEANUP_GRACE_S = 2.0  # for the workers' own cleanup after that answer, before they are terminated
+WORKER_SIGNAL_WAIT_S = 1.0  # after SIGTERM, then after SIGKILL
 
 
 def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
@@ -71,6 +80,58 @@ def first_frame(result: Any) -> np.ndarray:
     return result_frames(result)[0]
 
 
+def stop_generator(generator: Any) -> None:
+    """``DiffGenerator.shutdown``, bounded: ask the scheduler to stop, give the workers ``WORKER_CLEANUP_GRACE_S``
+    to clean up and exit, then terminate (at last kill) those still running, and close the client.
+
+    SGLang's own ``shutdown`` gives each worker 10 s before it terminates it: all of tritonserver's exit timeout.
+    And a worker does take seconds to exit. Its cleanup (scheduler freed, device cache emptied, process group
+    destroyed, then "Shutdown complete" in the log) ends well within the grace, but then it is a spawned
+    interpreter tearing down a million objects: 3-4 s of garbage collection on a busy 2-core host, for nothing
+    that outlives the process. (SGLang's launcher, ``shutdown_scheduler_processes``, stops its workers the same
+    way: shutdown request, deadline, terminate, kill.)"""
+    from sglang.multimodal_gen.runtime.entrypoints.control_requests import ShutdownReq
+    from sglang.multimodal_gen.runtime.scheduler_client import sync_scheduler_client
+
+    start = time.monotonic()
+    workers: list[BaseProcess] = list(generator.local_scheduler_process or [])
+    if workers and generator.owns_scheduler_client:
+        try:
+            sync_scheduler_client.forward(ShutdownReq(), timeout_ms=SHUTDOWN_REPLY_TIMEOUT_MS)
+        except Exception as exc:  # a scheduler that does not answer is terminated below
+            log.warning("SGLang's scheduler did not acknowledge the shutdown: %s", exc)
+    stop_processes(workers, WORKER_CLEANUP_GRACE_S)
+    # The workers are accounted for: SGLang's shutdown now only closes its client (the zmq context).
+    generator.local_scheduler_process = None
+    generator.shutdown()
+    log.info("SGLang generator stopped in %.1f s", time.monotonic() - start)
+
+
+def stop_processes(processes: list[BaseProcess], grace_s: float) -> None:
+    """Let ``processes`` exit by themselves for ``grace_s``, then SIGTERM those left and at last SIGKILL them."""
+    alive = _join_all(processes, grace_s)
+    if alive:
+        log.info("terminating SGLang workers still exiting %.0f s after shutdown: %s", grace_s, alive)
+        for process in alive:
+            process.terminate()
+        alive = _join_all(alive, WORKER_SIGNAL_WAIT_S)
+    if alive:
+        log.warning("killing SGLang workers that ignored SIGTERM: %s", alive)
+        for process in alive:
+            process.kill()
+        alive = _join_all(alive, WORKER_SIGNAL_WAIT_S)
+    if alive:
+        log.error("SGLang workers still running after SIGKILL: %s", alive)
+
+
+def _join_all(processes: list[BaseProcess], timeout: float) -> list[BaseProcess]:
+    """Wait for ``processes`` until one shared deadline; the ones still alive."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    return [process for process in processes if process.is_alive()]
+
+
 class _SGLangEngine:
     """One ``DiffGenerator`` per stub, and one checked result per call."""
 
@@ -105,7 +166,7 @@ class _SGLangEngine:
     def close(self) -> None:
         generator, self.generator = getattr(self, "generator", None), None
         if generator is not None:
-            generator.shutdown()
+            stop_generator(generator)
 
 
 def _sampling(params: ImageParams | VideoParams, seed: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from diffusion_runtime.triton_io import (
     model_parameters,
     pin_instance_device,
     read_scalars,
+    release_before_exit,
     requested_outputs,
 )
 
@@ -114,3 +115,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.close()
+        release_before_exit(self.metrics)

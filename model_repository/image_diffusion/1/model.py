@@ -49,6 +49,7 @@ from diffusion_runtime.triton_io import (
     pin_instance_device,
     read_bytes,
     read_scalars,
+    release_before_exit,
     requested_outputs,
 )
 
@@ -155,6 +156,7 @@ class TritonPythonModel:
     def finalize(self):
         self.encoder.shutdown(wait=True)
         self.engine.close()
+        release_before_exit(self.metrics)
 
 
 def edit_inputs(request, params: ImageParams):
