@@ -5,7 +5,7 @@
 #       -v $HOME/.cache/huggingface:/root/.cache/huggingface triton-diffusion --image-model black-forest-labs/FLUX.1-dev
 # The API binds 0.0.0.0 inside the container, so it demands API keys (or --no-auth to allow anyone).
 # Any scripts/serve.sh option can follow the image name; the launch presets work too:
-#   docker run ... --entrypoint python3 triton-diffusion -m diffusion_runtime.launch t2v launch --wan-size 14b
+#   docker run ... --entrypoint python3 triton-diffusion -m diffusion_runtime.launcher.presets t2v launch --wan-size 14b
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.10-py3
 FROM ${TRITON_IMAGE}
 
@@ -17,19 +17,20 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/opt/triton-diffusion
 
 WORKDIR /opt/triton-diffusion
-COPY requirements.txt .
-# The embedded-Triton and test-only packages are not needed here: the image brings its own tritonserver.
-RUN grep -v -E '^(nvidia-pytriton|nvidia-cuda-runtime-cu12|pytest|pytest-timeout|moto|ruff)' requirements.txt \
-        > requirements-image.txt \
-    && python3 -m pip install -r requirements-image.txt
-
+COPY pyproject.toml setup.py MANIFEST.in README.md requirements.txt ./
 COPY diffusion_runtime diffusion_runtime
 COPY openai_frontend openai_frontend
 COPY model_repository model_repository
 COPY scripts scripts
+# The project with its SGLang extra, held to requirements.txt's pins (as constraints, which carry no extras). The
+# image brings its own tritonserver, so perf_analyzer's CUDA 12 runtime and the test tools are left out.
+RUN grep -E '^[A-Za-z]' requirements.txt \
+        | grep -v -E '^(nvidia-cuda-runtime-cu12|schemathesis)' \
+        | sed -E 's/\[[^]]*\]//' > constraints.txt \
+    && python3 -m pip install -c constraints.txt -e ".[sglang]"
 
 # Media and video job records live here; mount a volume to keep them.
 VOLUME ["/var/lib/triton-diffusion"]
 EXPOSE 8000
-ENTRYPOINT ["python3", "-m", "diffusion_runtime.serve", "--host", "0.0.0.0", "--port", "8000"]
+ENTRYPOINT ["python3", "-m", "diffusion_runtime.launcher", "--host", "0.0.0.0", "--port", "8000"]
 CMD []

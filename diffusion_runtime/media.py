@@ -1,8 +1,9 @@
 """Encoding generated pixels into the files users receive.
 
 Encoding runs off the denoising path (see ``image_diffusion``'s model), so the choices here trade file size
-for CPU time: PNG uses a fast zlib level by default (FACTS: Pillow's default level costs ~3% of a FLUX-size
-generation on an H100), JPEG/WebP take OpenAI's ``output_compression`` as their quality.
+for CPU time: PNG uses a fast zlib level by default (Pillow's default level, 6, took 0.176 s for a 1024² image on
+an H100 host's CPU, ~3% of the 5.28 s FLUX.1-dev generation), JPEG/WebP take OpenAI's ``output_compression`` as
+their quality.
 """
 
 from __future__ import annotations

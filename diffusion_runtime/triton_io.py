@@ -38,8 +38,9 @@ def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
 def pin_instance_device(args: Mapping[str, str]) -> str:
     """Make this stub see only its own GPUs, before anything initialises CUDA (Triton does not do it, and
     SGLang ignores ``base_gpu_id``). A ``KIND_GPU`` instance gets Triton's device id; a multi-GPU instance is a
-    ``KIND_MODEL`` instance whose group is named after its GPUs (``gpus-0-1``, see ``serve.render_repository``).
-    Indices are those of the server's own ``CUDA_VISIBLE_DEVICES`` when it has one. Returns the torch device."""
+    ``KIND_MODEL`` instance whose group is named after its GPUs (``gpus-0-1``, see
+    ``launcher.repository.render_repository``). Indices are those of the server's own ``CUDA_VISIBLE_DEVICES``
+    when it has one. Returns the torch device."""
     kind = args.get("model_instance_kind")
     if kind == "GPU":
         wanted = [int(args.get("model_instance_device_id", "0"))]

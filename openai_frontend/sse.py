@@ -1,4 +1,4 @@
-"""Server-sent events as OpenAI's clients read them (FACTS §7b).
+"""Server-sent events as OpenAI's clients (its SDK, AIPerf) read them.
 
 Every event ends with a blank line (the SDK drops a last event without one); a stream ends with
 ``data: [DONE]``; a failure after the stream has started is ``event: error`` with an OpenAI error body (the SDK

@@ -8,7 +8,7 @@ Recovery: Triton 2.51 does not restart a Python model's stub process that died (
 health heartbeat); the model answers "Stub process ... is not healthy" until it is reloaded, and Triton keeps
 calling it READY. The first such answer marks the model down on that server and starts one reload there
 through Triton's repository API (``load_model``; the server runs with ``--model-control-mode=explicit``, see
-``diffusion_runtime.serve.TritonServer``). Triton treats a load of a model whose files have not changed as
+``diffusion_runtime.launcher.TritonServer``). Triton treats a load of a model whose files have not changed as
 already done, so the reload hands Triton the model's own config with its ``reload_count`` parameter raised by
 one, which makes it a change: Triton starts new stub processes and keeps the old copy answering until the new
 one is ready (several frontends that reload at once raise it to the same count, and Triton loads it once).

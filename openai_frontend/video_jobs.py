@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.params import VideoParams
 from openai_frontend.errors import OpenAIError
 from openai_frontend.storage import MediaStorage, StorageUnavailable
@@ -177,21 +178,18 @@ class VideoJobStore:
 
 
 def video_inputs(params: VideoParams, image: bytes | None) -> dict[str, np.ndarray]:
-    inputs = {
-        "PROMPT": np.array([params.prompt.encode("utf-8")], dtype=np.object_),
-        "HEIGHT": np.array([params.height], dtype=np.int32),
-        "WIDTH": np.array([params.width], dtype=np.int32),
-        "NUM_FRAMES": np.array([params.num_frames], dtype=np.int32),
-        "FPS": np.array([params.fps], dtype=np.int32),
-        "NUM_INFERENCE_STEPS": np.array([params.num_inference_steps], dtype=np.int32),
-        "GUIDANCE_SCALE": np.array([params.guidance_scale], dtype=np.float32),
-        "SEED": np.array([params.seed], dtype=np.int64),
-    }
-    if params.negative_prompt:
-        inputs["NEGATIVE_PROMPT"] = np.array([params.negative_prompt.encode("utf-8")], dtype=np.object_)
-    if image is not None:
-        inputs["INPUT_IMAGE"] = np.array([image], dtype=np.object_)
-    return inputs
+    return VIDEO.request_tensors(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        fps=params.fps,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed,
+        image=image,
+    )
 
 
 VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}

@@ -7,4 +7,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/setup.sh"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m diffusion_runtime.serve "$@"
+exec env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m diffusion_runtime.launcher "$@"

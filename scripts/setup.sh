@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Idempotent environment setup: Debian packages, one virtualenv with every Python dependency, the embedded
-# tritonserver (from nvidia-pytriton) made runnable, and a working perf_analyzer. Safe to run repeatedly:
-# each step checks before it acts, and the whole install is skipped while requirements.txt is unchanged.
+# Idempotent environment setup: Debian packages, one virtualenv with the project (editable) and every Python
+# dependency (among them the embedded tritonserver, from nvidia-pytriton, which the launcher completes with the
+# Python-backend stub for this interpreter when it first starts it), and a working perf_analyzer. Safe to run
+# repeatedly: each step checks before it acts, and the Python install is skipped while requirements.txt
+# and pyproject.toml's dependencies are unchanged.
 #
-# Prints nothing on success unless something was installed. Afterwards `scripts/env.sh` (sourced) gives a
-# shell the same environment the servers and tests use.
+# Each step that installs something says what and why, in one line; a run with nothing to do prints nothing.
+# Afterwards `scripts/env.sh` (sourced) gives a shell the same environment the servers and tests use.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,49 +17,53 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # pip, minus the notes this machine's extra (local, partial) package indexes print for every package.
 pip_quiet() { "$TD_VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }; }
 
-# --- Debian packages: the stub links the system libpython; perf_analyzer links libb64.
+# --- Debian packages: Triton's Python-backend stub links libpython; perf_analyzer links libb64.
 PY_MM=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 apt_pkgs=()
 for p in "libpython${PY_MM}" libb64-0d; do
   dpkg -s "$p" >/dev/null 2>&1 || apt_pkgs+=("$p")
 done
 if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
-  log "installing Debian packages: ${apt_pkgs[*]}"
+  log "installing Debian packages ${apt_pkgs[*]} (Triton's Python stub links libpython, perf_analyzer libb64)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi
 
-# --- The virtualenv, keyed by the requirements so an edit triggers a reinstall.
+# --- The virtualenv, keyed by requirements.txt and the parts of pyproject.toml that say what to install, so an
+# edit there triggers a reinstall (and an edit to, say, the linter's settings does not).
 stamp="$TD_VENV/.requirements.sha256"
-want=$(sha256sum <"$ROOT/requirements.txt" | cut -d' ' -f1)
 if [ ! -x "$TD_VENV/bin/python" ]; then
-  log "creating virtualenv $TD_VENV"
+  log "creating the virtualenv $TD_VENV (one per machine, shared by every checkout; TD_VENV moves it)"
   mkdir -p "$(dirname "$TD_VENV")"
   python3 -m venv "$TD_VENV"
 fi
+want=$("$TD_VENV/bin/python" - "$ROOT" <<'PY'
+import hashlib, json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+text = (root / "pyproject.toml").read_text()
+try:
+    import tomllib
+    data = tomllib.loads(text)
+    text = json.dumps([data.get("build-system"), data.get("project"), data.get("tool", {}).get("setuptools")])
+except ImportError:  # Python 3.10: the whole file
+    pass
+print(hashlib.sha256(((root / "requirements.txt").read_text() + text).encode()).hexdigest())
+PY
+)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing Python dependencies (first run: several minutes)"
+  log "installing the project (editable) and its Python dependencies from requirements.txt, with the sglang," \
+    "test and bench extras (requirements or dependencies changed; first run: several minutes)"
   pip_quiet install -q --upgrade pip
-  pip_quiet install -q -r "$ROOT/requirements.txt"
+  # The editable install is meant to let a checkout's own folders win, so setuptools' warning about it is muted.
+  (cd "$ROOT" && PYTHONWARNINGS="ignore:Editable installation" pip_quiet install -q -r requirements.txt)
   echo "$want" >"$stamp"
 fi
-
-# --- The embedded tritonserver: its Python backend needs the stub built for this interpreter.
-"$TD_VENV/bin/python" - <<'PY'
-import shutil, sys, pathlib, pytriton
-base = pathlib.Path(pytriton.__file__).parent / "tritonserver"
-stub = base / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / "triton_python_backend_stub"
-dest = base / "backends" / "python" / "triton_python_backend_stub"
-if not dest.exists() or dest.stat().st_size != stub.stat().st_size:
-    shutil.copy2(stub, dest)
-    dest.chmod(0o755)
-PY
 
 # --- perf_analyzer: the binary ships in the tritonclient 2.51.0 wheel, whose library pins clash with ours,
 # so only the binary is taken out of it.
 if [ ! -x "$TD_VENV/libexec/perf_analyzer" ]; then
-  log "fetching perf_analyzer (tritonclient 2.51.0 wheel)"
+  log "fetching perf_analyzer from the tritonclient 2.51.0 wheel (only the binary: the wheel's library pins clash with ours)"
   tmp=$(mktemp -d)
   pip_quiet download -q --no-deps --only-binary=:all: -d "$tmp" "tritonclient[all]==2.51.0"
   mkdir -p "$TD_VENV/libexec"
@@ -73,6 +79,7 @@ PY
   rm -rf "$tmp"
 fi
 if [ ! -x "$TD_VENV/bin/perf_analyzer" ]; then
+  log "installing the perf_analyzer command (a wrapper that gives the binary its CUDA 12 runtime)"
   cat >"$TD_VENV/bin/perf_analyzer" <<'SH'
 #!/usr/bin/env bash
 # perf_analyzer from the tritonclient 2.51.0 wheel; it links libcudart.so.12 and libb64.

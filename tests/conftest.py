@@ -2,6 +2,13 @@
 
 Stacks are module-scoped: each test module that needs one gets its own, started through the same classes
 ``scripts/serve.sh`` uses, and stopped when the module is done (so two engines never compete for the CPU).
+
+Two lanes. A test that starts the stack's processes (tritonserver, the frontend, moto's S3 server,
+perf_analyzer), the project's scripts or any other Python process is end to end and carries the ``e2e`` mark,
+by its module's ``pytestmark`` or its own decorator; every other test is a unit test and runs in the fast lane,
+``pytest -m "not e2e"``. The mark cannot be forgotten silently: while an unmarked test (or a fixture it sets
+up) runs, starting such a process raises, and the test fails saying it needs the mark. Tools that libraries
+run for a moment (``ffmpeg``, ``lscpu``, ``git``...) stay allowed.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +24,68 @@ import httpx
 import openai
 import pytest
 
-from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, free_port, render_repository
+from diffusion_runtime.launcher.processes import Frontend, TritonServer
+from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, render_repository
+from diffusion_runtime.net import free_port
 from diffusion_runtime.tiny_models import ensure_tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# --- the two lanes ---------------------------------------------------------------------------------------------
+
+_running: list[pytest.Item] = []  # the test whose setup, call or teardown is under way
+_refused: dict[str, list[str]] = {}  # node id -> the processes an unmarked test tried to start
+
+
+def is_end_to_end_process(program: str) -> bool:
+    """Whether running ``program`` (an executable's name) makes a test end to end: a server of the stack, the
+    load generator, a Python interpreter (the frontend, moto, builders, command lines) or a project script."""
+    return program in ("tritonserver", "perf_analyzer") or program.startswith("python") or program.endswith(".sh")
+
+
+def _refuse_processes_outside_e2e(event: str, args: tuple) -> None:
+    """Audit hook: a test not marked e2e may not start an end-to-end process (see the module docstring)."""
+    if event != "subprocess.Popen" or not _running or _running[-1].get_closest_marker("e2e"):
+        return
+    program = Path(os.fsdecode(args[0])).name  # the executable Popen is about to run
+    if not is_end_to_end_process(program):
+        return
+    test = _running[-1].nodeid
+    _refused.setdefault(test, []).append(program)
+    raise RuntimeError(f"{test} starts {program!r} but is not marked e2e: mark it (pytest.mark.e2e)")
+
+
+sys.addaudithook(_refuse_processes_outside_e2e)
+
+
+def _lane_guarded(item: pytest.Item) -> Generator[None, object, object]:
+    """Run one phase of ``item`` with the audit hook watching; fail it if it started a process it may not."""
+    _running.append(item)
+    try:
+        result = yield
+    except BaseException:
+        _refused.pop(item.nodeid, None)  # the phase failed already, with the hook's error if it was that
+        raise
+    finally:
+        _running.pop()
+    if item.nodeid in _refused:  # the test caught the hook's error itself
+        pytest.fail(f"starts {', '.join(_refused.pop(item.nodeid))} but is not marked e2e (pytest.mark.e2e)")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _lane_guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _lane_guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _lane_guarded(item))
 
 
 @dataclass

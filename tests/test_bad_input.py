@@ -27,9 +27,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_runtime.serve import ModelSpec
+from diffusion_runtime.launcher.repository import ModelSpec
 from scripts.reliability_report import record
 from tests.conftest import Stack, start_stack, tiny_image_spec, tiny_video_specs
+
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
 
 IMAGE, T2V, I2V, TEXT = "tiny-flux", "tiny-wan-t2v", "tiny-wan-i2v", "tiny-llada"
 HELLO = [{"role": "user", "content": "hi"}]

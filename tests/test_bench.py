@@ -1,4 +1,4 @@
-"""The benchmark harness's own logic (``scripts/bench``): statistics, request building, result shapes.
+"""The benchmarks' own logic (``benchmarks/``): statistics, request building, result shapes.
 
 Not a timed test: nothing here measures speed or starts servers.
 """
@@ -11,22 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench import report
-from scripts.bench.load import parse_perf_csv, steady_throughput
-from scripts.bench.stats import (
+from benchmarks.cpu import report
+from benchmarks.cpu.load import parse_perf_csv, steady_throughput
+from benchmarks.prometheus import metric_sum, parse_prometheus
+from benchmarks.report import markdown_table
+from benchmarks.stats import (
     bootstrap_median_ci,
     interleaved_order,
-    metric_sum,
     paired_difference,
-    parse_prometheus,
+    paired_ratios,
     percentile,
-    ratio_summary,
-    rows_as_table,
     summarize,
     throughput,
     verdict,
 )
-from scripts.bench.workloads import ImageJob, TextJob, VideoJob, image_load_jobs, video_job
+from benchmarks.workloads import ImageJob, TextJob, VideoJob, image_load_jobs, video_job
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -74,12 +73,12 @@ def test_bootstrap_interval_contains_the_median_and_is_deterministic() -> None:
     assert (low, high) == bootstrap_median_ci(values)
 
 
-def test_ratio_summary_and_throughput() -> None:
-    r = ratio_summary([0.9, 1.0, 1.1], [1.0, 1.0, 1.0])
+def test_paired_ratios_and_throughput() -> None:
+    r = paired_ratios([0.9, 1.0, 1.1], [1.0, 1.0, 1.0])
     assert r["median"] == pytest.approx(1.0)
     assert r["min"] == pytest.approx(0.9) and r["max"] == pytest.approx(1.1)
     assert r["ci95"][0] <= r["median"] <= r["ci95"][1]
-    assert ratio_summary([], []) == {"n": 0}
+    assert paired_ratios([], []) == {"n": 0}
     assert throughput(10, 2.0, 4.0) == 5.0
     with pytest.raises(ValueError):
         throughput(1, 3.0, 3.0)
@@ -215,7 +214,7 @@ def _fake_results(tmp_path: Path) -> dict:
         "schema": report.SCHEMA,
         "date": "2026-01-01",
         "mode": "quick",
-        "command": "scripts/bench/run.sh --quick",
+        "command": "benchmarks/cpu/run.sh --quick",
         "machine": {"cpus": 2, "platform": "Linux", "python": "3.11", "load_start": [1, 1, 1], "load_end": [2, 2, 2]},
         "config": {},
         "files": {k: str(tmp_path / f"cpu-2026-01-01.{k}") for k in ("json", "md", "png")},
@@ -225,7 +224,7 @@ def _fake_results(tmp_path: Path) -> dict:
             "blocks": blocks,
             "sweep": report.sweep_rows(blocks),
             "bare_loop": {"images_per_s": 10.0, "n": 2},
-            "target": {"ratio": ratio_summary([9.8, 9.7], [10.0, 10.0])},
+            "target": {"ratio": paired_ratios([9.8, 9.7], [10.0, 10.0])},
         },
         "encoding": {
             "images": [
@@ -272,13 +271,13 @@ def test_result_files_have_the_documented_shape(tmp_path: Path) -> None:
 
 
 def test_markdown_table() -> None:
-    table = rows_as_table([[1, "a"], [2, "b"]], ["n", "x"])
+    table = markdown_table([[1, "a"], [2, "b"]], ["n", "x"])
     assert table.splitlines() == ["| n | x |", "|---|---|", "| 1 | a |", "| 2 | b |"]
     assert math.isfinite(percentile([1.0, 2.0, 3.0], 50))
 
 
 def test_command_line_plans(tmp_path: Path) -> None:
-    from scripts.bench.__main__ import PLANS, Bench, parse_args
+    from benchmarks.cpu.__main__ import PLANS, Bench, parse_args
 
     args = parse_args(["--full", "--only", "overhead,load", "--out-dir", str(tmp_path), "--date", "2026-01-02"])
     assert args.mode == "full" and args.phases == ["overhead", "load"]
@@ -287,7 +286,7 @@ def test_command_line_plans(tmp_path: Path) -> None:
     assert bench.files["json"] == tmp_path / "cpu-2026-01-02.json"
     assert (
         bench.results["command"]
-        == "scripts/bench/run.sh --full --only overhead,load --out-dir " + str(tmp_path) + " --date 2026-01-02"
+        == "benchmarks/cpu/run.sh --full --only overhead,load --out-dir " + str(tmp_path) + " --date 2026-01-02"
     )
     quick = Bench(parse_args(["--rounds", "5", "--out-dir", str(tmp_path)]))
     assert quick.plan.image_64_rounds == 5 and quick.plan.dllm_rounds == 5
@@ -297,7 +296,7 @@ def test_command_line_plans(tmp_path: Path) -> None:
 
 
 def test_rebuild_rewrites_the_report_from_the_json(tmp_path: Path) -> None:
-    from scripts.bench.__main__ import main
+    from benchmarks.cpu.__main__ import main
 
     results = _fake_results(tmp_path)
     for block in results["load"]["blocks"]:
@@ -316,8 +315,8 @@ def test_closed_loop_counts_every_request() -> None:
     import asyncio
 
     aiohttp_web = pytest.importorskip("aiohttp.web")
-    from diffusion_runtime.serve import free_port
-    from scripts.bench.load import _closed_loop
+    from benchmarks.cpu.load import _closed_loop
+    from diffusion_runtime.net import free_port
 
     calls = {"n": 0}
 
@@ -349,7 +348,7 @@ def test_closed_loop_counts_every_request() -> None:
 
 
 def test_merge_keeps_the_phases_not_rerun(tmp_path: Path) -> None:
-    from scripts.bench.__main__ import Bench, parse_args
+    from benchmarks.cpu.__main__ import Bench, parse_args
 
     results = _fake_results(tmp_path)
     results["phases"] = {"overhead": {"load_start": [1, 1, 1]}, "encoding": {"load_start": [2, 2, 2]}}
@@ -359,7 +358,7 @@ def test_merge_keeps_the_phases_not_rerun(tmp_path: Path) -> None:
     assert bench.results["overhead"] == results["overhead"] and bench.results["load"] == results["load"]
     assert "encoding" not in bench.results  # about to be measured again
     assert set(bench.results["phases"]) == {"overhead"}
-    assert bench.results["command"].startswith("scripts/bench/run.sh --quick; then scripts/bench/run.sh --only")
+    assert bench.results["command"].startswith("benchmarks/cpu/run.sh --quick; then benchmarks/cpu/run.sh --only")
     with bench.phase("encoding"):
         pass
     assert set(bench.results["phases"]) == {"overhead", "encoding"}

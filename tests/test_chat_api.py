@@ -20,8 +20,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
-from diffusion_runtime.serve import ModelSpec
+from diffusion_runtime.launcher.repository import ModelSpec
 from tests.conftest import Stack, metric_value, start_stack, wait_for
+
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
 
 MODEL = "tiny-llada"
 HELLO = [{"role": "user", "content": "Hello! How are you?"}]
@@ -239,34 +241,34 @@ def triton_stream(stack: Stack, inputs: dict[str, np.ndarray]) -> list[tuple[obj
 def test_triton_model_directly(stack: Stack) -> None:
     """Without the frontend: a TEXT response per block, the summary on the last, STOP as one JSON list."""
     inputs = {
-        "PROMPT": np.array([[b"Tell me a story"]], dtype=np.object_),
-        "MAX_TOKENS": np.array([[12]], dtype=np.int32),
-        "BLOCK_LENGTH": np.array([[4]], dtype=np.int32),
+        "PROMPT": np.array([b"Tell me a story"], dtype=np.object_),
+        "MAX_TOKENS": np.array([12], dtype=np.int32),
+        "BLOCK_LENGTH": np.array([4], dtype=np.int32),
     }
     responses = triton_stream(stack, inputs)
     assert [error for _, error in responses] == [None] * 3
-    assert "".join(result.as_numpy("TEXT")[0, 0].decode() for result, _ in responses)
+    assert "".join(result.as_numpy("TEXT")[0].decode() for result, _ in responses)
     last = responses[-1][0]
-    assert last.as_numpy("FINISH_REASON")[0, 0] == b"length"
-    assert int(last.as_numpy("COMPLETION_TOKENS")[0, 0]) == 12
-    assert int(last.as_numpy("PROMPT_TOKENS")[0, 0]) > 0
+    assert last.as_numpy("FINISH_REASON")[0] == b"length"
+    assert int(last.as_numpy("COMPLETION_TOKENS")[0]) == 12
+    assert int(last.as_numpy("PROMPT_TOKENS")[0]) > 0
     assert all(result.as_numpy("FINISH_REASON") is None for result, _ in responses[:-1])
 
     # A sampled answer (varied text), then the same request stopped by a piece of it.
-    inputs["TEMPERATURE"] = np.array([[0.9]], dtype=np.float32)
-    inputs["SEED"] = np.array([[5]], dtype=np.int64)
-    text = "".join(r.as_numpy("TEXT")[0, 0].decode() for r, _ in triton_stream(stack, inputs))
+    inputs["TEMPERATURE"] = np.array([0.9], dtype=np.float32)
+    inputs["SEED"] = np.array([5], dtype=np.int64)
+    text = "".join(r.as_numpy("TEXT")[0].decode() for r, _ in triton_stream(stack, inputs))
     stop = next(text[i : i + 2] for i in range(4, len(text) - 2) if "\ufffd" not in text[i : i + 2])
-    inputs["STOP"] = np.array([[json.dumps([stop, "zzz"]).encode()]], dtype=np.object_)
+    inputs["STOP"] = np.array([json.dumps([stop, "zzz"]).encode()], dtype=np.object_)
     stopped = triton_stream(stack, inputs)
-    assert "".join(r.as_numpy("TEXT")[0, 0].decode() for r, _ in stopped) == text[: text.index(stop)]
-    assert stopped[-1][0].as_numpy("FINISH_REASON")[0, 0] == b"stop"
+    assert "".join(r.as_numpy("TEXT")[0].decode() for r, _ in stopped) == text[: text.index(stop)]
+    assert stopped[-1][0].as_numpy("FINISH_REASON")[0] == b"stop"
 
     # STREAM false: one response, the whole text and the summary.
-    inputs["STREAM"] = np.array([[False]], dtype=np.bool_)
+    inputs["STREAM"] = np.array([False], dtype=np.bool_)
     [(whole, error)] = triton_stream(stack, inputs)
-    assert error is None and whole.as_numpy("TEXT")[0, 0].decode() == text[: text.index(stop)]
-    assert whole.as_numpy("FINISH_REASON")[0, 0] == b"stop"
+    assert error is None and whole.as_numpy("TEXT")[0].decode() == text[: text.index(stop)]
+    assert whole.as_numpy("FINISH_REASON")[0] == b"stop"
     del inputs["STREAM"]
 
     # Bad input is an error response on the stream (its INVALID_ARG code is lost in decoupled mode).

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from diffusion_runtime.engines.base import EngineConfig
 from diffusion_runtime.engines.sglang_engine import generator_kwargs
-from diffusion_runtime.serve import REPOSITORY, ModelSpec, render_repository
+from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, render_repository
 from diffusion_runtime.triton_io import model_parameters, pin_instance_device
 
 
@@ -27,7 +27,7 @@ def test_committed_config_is_the_gpu_deployment() -> None:
     # No dynamic batcher (Triton 2.51's stalls, see the config): the frontend bounds the queue instead.
     assert not config.HasField("dynamic_batching")
     assert int(config.parameters["max_queue_size"].string_value) > 0
-    assert config.max_batch_size == 1
+    assert config.max_batch_size == 0
     assert all(i.optional for i in config.input if i.name != "PROMPT")
 
 

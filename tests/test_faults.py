@@ -29,9 +29,12 @@ import httpx
 import psutil
 import pytest
 
-from diffusion_runtime.serve import Frontend, TritonServer, free_port
+from diffusion_runtime.launcher.processes import Frontend, TritonServer
+from diffusion_runtime.net import free_port
 from scripts.reliability_report import record
 from tests.conftest import S3Server, Stack, start_stack, tiny_image_spec, tiny_video_specs, wait_for
+
+pytestmark = pytest.mark.e2e  # starts, kills and restarts tritonserver, the frontend and moto's S3 server
 
 IMAGE, T2V = "tiny-flux", "tiny-wan-t2v"
 QUICK = {"model": IMAGE, "prompt": "x", "size": "16x16", "num_inference_steps": 1, "response_format": "b64_json"}

@@ -28,6 +28,8 @@ from scripts.reliability_report import record
 from tests.conftest import Stack, start_stack
 from tests.test_bad_input import I2V, IMAGE, T2V, TEXT, reliability_specs
 
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend, and runs schemathesis against them
+
 MIN_REQUESTS = 1000
 REQUEST_TIMEOUT_S = 60  # a request that takes longer counts as a hang
 SIZES = ["16x16", "32x16", "64x64", "auto"]

@@ -1,5 +1,6 @@
-"""The GPU scripts (scripts/gpu/), checked on the CPU: the model shapes built for the GPU, the engine settings
-shared by the benchmark and the smoke test, and the statistics the results rest on. No GPU and no network needed."""
+"""The GPU tools (``scripts/gpu/`` and ``benchmarks/gpu/``), checked on the CPU: the model shapes built for the GPU,
+the engine settings shared by the benchmark and the smoke test, and the statistics and the report the results rest
+on. No GPU and no network needed."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.gpu import bench_gpu as bench
-from scripts.gpu import make_models, report
+from benchmarks import stats
+from benchmarks.gpu import bench, report
+from scripts.gpu import make_models
 from scripts.gpu.engine_parameters import engine_parameters
 from scripts.gpu.results_file import ResultsFile
 
@@ -100,21 +102,21 @@ def test_results_file_is_rewritten_whole_after_each_change(tmp_path):
 def test_summary_and_quantiles_match_numpy():
     numpy = pytest.importorskip("numpy")
     values = [5.31, 5.29, 5.40, 5.28, 5.35, 5.33, 5.30]
-    summary = bench.summarize(values)
+    summary = stats.summarize(values)
     assert summary["n"] == 7
     assert summary["median"] == pytest.approx(float(numpy.median(values)))
     assert summary["p25"] == pytest.approx(float(numpy.quantile(values, 0.25)))
     assert summary["p75"] == pytest.approx(float(numpy.quantile(values, 0.75)))
     assert summary["min"] == 5.28 and summary["max"] == 5.40
-    assert bench.summarize([2.0])["stdev"] == 0.0
+    assert stats.summarize([2.0])["stdev"] == 0.0
 
 
 def test_ratios_of_interleaved_runs():
     served, bare = [1.02, 2.04, 3.06], [1.0, 2.0, 3.0]
-    assert bench.ratio_of_medians(served, bare) == pytest.approx(1.02)
-    assert bench.paired_ratios(served, bare)["median"] == pytest.approx(1.02)
+    assert stats.ratio_of_medians(served, bare) == pytest.approx(1.02)
+    assert stats.paired_ratios(served, bare)["median"] == pytest.approx(1.02)
     with pytest.raises(ValueError):
-        bench.paired_ratios([1.0], [1.0, 2.0])
+        stats.paired_ratios([1.0], [1.0, 2.0])
 
 
 def test_repetitions_shrink_to_the_time_left():
@@ -137,9 +139,9 @@ def _run(label, served, bare, before_fix=False):
         "file_bytes": [1] * len(bare),
     }
     for key in ("served", "bare", "bare_engine", "bare_encode"):
-        latency[key] = bench.summarize(latency[f"{key}_s"])
-    latency["served_over_bare"] = bench.ratio_of_medians(served, bare)
-    latency["served_over_bare_paired"] = bench.paired_ratios(served, bare)
+        latency[key] = stats.summarize(latency[f"{key}_s"])
+    latency["served_over_bare"] = stats.ratio_of_medians(served, bare)
+    latency["served_over_bare_paired"] = stats.paired_ratios(served, bare)
     settings = {"image_size": [1024, 1024], "image_steps": 28}
     results = {"settings": settings, "device": {"gpus": ["H100"]}, "image": {"sglang": {"latency": latency}}}
     return {"label": label, "device": "", "before_fix": before_fix, "results": results}
@@ -160,14 +162,14 @@ def test_system_library_dirs_stay_off_the_models_library_path(monkeypatch):
     """A system Python's LIBDIR on LD_LIBRARY_PATH made the model stubs load the system cuDNN (seen on the H100)."""
     import sysconfig
 
-    from diffusion_runtime import serve
+    from diffusion_runtime.launcher import processes
 
-    monkeypatch.setattr(serve.shutil, "which", lambda name: None)
+    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
     real = sysconfig.get_config_var
     for libdir, kept in (("/usr/lib/x86_64-linux-gnu", False), ("/usr/lib", False), ("/opt/python/lib", True)):
         monkeypatch.setattr(
-            serve.sysconfig, "get_config_var", lambda key, d=libdir: d if key == "LIBDIR" else real(key)
+            processes.sysconfig, "get_config_var", lambda key, d=libdir: d if key == "LIBDIR" else real(key)
         )
-        install = serve.find_tritonserver()
+        install = processes.find_tritonserver()
         assert (libdir in install.lib_dirs) is kept
         assert install.lib_dirs[-1].endswith("nvidia_pytriton.libs")

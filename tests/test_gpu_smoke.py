@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from diffusion_runtime.serve import PROJECT_ROOT, ModelSpec
+from diffusion_runtime.launcher.repository import PROJECT_ROOT, ModelSpec
 from scripts.gpu import smoke
 from scripts.gpu.results_file import ResultsFile
 
@@ -78,6 +78,7 @@ def test_a_missed_deadline_fails_loudly_and_spares_the_models_other_checks(tmp_p
     assert second["outcome"] == "fail" and second["detail"] == "not run: m missed its deadline in 'first'"
 
 
+@pytest.mark.e2e  # runs the smoke test, which starts tritonserver and the frontend
 def test_smoke_on_the_cpu_passes_every_check_and_stops_cleanly(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     out = tmp_path / "gpu-smoke.json"
     command = [sys.executable, "-m", "scripts.gpu.smoke", "--shapes", "tiny", "--engines", "diffusers,transformers"]

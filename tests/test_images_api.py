@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_runtime.serve import Frontend
+from diffusion_runtime.launcher.processes import Frontend
 from tests.conftest import Stack, metric_value, wait_for
+
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
 
 MODEL = "tiny-flux"
 

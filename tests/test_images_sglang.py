@@ -12,6 +12,8 @@ from PIL import Image
 
 from tests.conftest import Stack, start_stack, tiny_image_spec
 
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
+
 
 @pytest.fixture(scope="module")
 def sglang_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

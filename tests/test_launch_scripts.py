@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from diffusion_runtime import launch, serve
-from diffusion_runtime.serve import PROJECT_ROOT, render_repository
+from diffusion_runtime.launcher import cli, presets
+from diffusion_runtime.launcher.repository import PROJECT_ROOT, render_repository
 
 SCRIPTS = {
     "image_diffusion.sh": "black-forest-labs/FLUX.1-dev",
@@ -21,6 +21,7 @@ SCRIPTS = {
 }
 
 
+@pytest.mark.e2e  # runs each script (setup.sh, then Python)
 @pytest.mark.parametrize(("script", "mentions"), SCRIPTS.items())
 def test_each_launch_script_answers_help(script: str, mentions: str) -> None:
     done = subprocess.run(
@@ -37,14 +38,14 @@ def test_each_launch_script_answers_help(script: str, mentions: str) -> None:
 
 
 def rendered(preset: str, argv: list[str], gpus: list[int], tmp_path: Path) -> tuple[mc.ModelConfig, list[str]]:
-    args, rest = launch.build_parser(preset, "x").parse_known_args(argv)
-    serve_args = serve.build_parser().parse_args(launch.serve_arguments(preset, args, rest))
+    args, rest = presets.build_parser(preset, "x").parse_known_args(argv)
+    serve_args = cli.build_parser().parse_args(presets.serve_arguments(preset, args, rest))
     serve_args.kinds = serve_args.kinds.split(",")
-    specs = serve.model_specs(serve_args)
+    specs = cli.model_specs(serve_args)
     assert len(specs) == 1
     folder = render_repository(specs, tmp_path / "repo", gpus=gpus) / specs[0].triton_name
     config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
-    return config, launch.serve_arguments(preset, args, rest)
+    return config, presets.serve_arguments(preset, args, rest)
 
 
 def test_wan_14b_spans_two_gpus_and_1b_takes_one_each(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ import pytest
 from scripts.reliability_report import record
 from tests.conftest import Stack, metric_value, start_stack, tiny_image_spec, wait_for
 
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
+
 BURST = 200
 QUEUE = 8  # requests the frontend lets wait for the model besides the one running
 RUN, WARM_UP = 500, 50

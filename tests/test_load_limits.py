@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import Stack, metric_value, start_stack, tiny_image_spec, wait_for
 
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
+
 
 @pytest.fixture(scope="module")
 def small_queue_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

@@ -10,8 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from diffusion_runtime.serve import Frontend, TritonServer, render_repository
+from diffusion_runtime.launcher.processes import Frontend, TritonServer
+from diffusion_runtime.launcher.repository import render_repository
 from tests.conftest import metric_value, tiny_image_spec, wait_for
+
+pytestmark = pytest.mark.e2e  # starts two tritonservers and the frontend
 
 BODY = {"model": "tiny-flux", "prompt": "x", "size": "64x64", "response_format": "b64_json", "num_inference_steps": 1}
 

@@ -16,9 +16,11 @@ import httpx
 import openai
 import pytest
 
-from diffusion_runtime.serve import Frontend
+from diffusion_runtime.launcher.processes import Frontend
 from tests.conftest import Stack, start_stack
 from tests.test_bad_input import I2V, IMAGE, TEXT, png, reliability_specs
+
+pytestmark = pytest.mark.e2e  # starts tritonserver and frontends
 
 KEYS = ("key-one", "key-two")
 

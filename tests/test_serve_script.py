@@ -14,10 +14,14 @@ from pathlib import Path
 import httpx
 import openai
 import psutil
+import pytest
 from PIL import Image
 
-from diffusion_runtime.serve import PROJECT_ROOT, free_port
+from diffusion_runtime.launcher.repository import PROJECT_ROOT
+from diffusion_runtime.net import free_port
 from tests.conftest import wait_for
+
+pytestmark = pytest.mark.e2e  # runs scripts/serve.sh
 
 
 def port_open(port: int) -> bool:

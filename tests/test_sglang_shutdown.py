@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 import tritonclient.http as httpclient
 
 from diffusion_runtime.engines.sglang_engine import WORKER_SIGNAL_WAIT_S, stop_processes
-from diffusion_runtime.serve import TritonServer, render_repository
+from diffusion_runtime.launcher.processes import TritonServer
+from diffusion_runtime.launcher.repository import render_repository
 from tests.conftest import tiny_image_spec, wait_for
 
 STOP_WITHIN_S = 15.0  # tritonserver's exit timeout (10 s) and its one-second polls around it
@@ -45,18 +47,19 @@ def generate_one_image(server: TritonServer) -> None:
     """One small text-to-image request straight to Triton, so the stop follows real work."""
 
     def scalar(name: str, value: int) -> httpclient.InferInput:
-        tensor = httpclient.InferInput(name, [1, 1], "INT32")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+        tensor = httpclient.InferInput(name, [1], "INT32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.int32))
         return tensor
 
-    prompt = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
-    prompt.set_data_from_numpy(np.array([[b"a red fox"]], dtype=np.object_))
+    prompt = httpclient.InferInput("PROMPT", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a red fox"], dtype=np.object_))
     inputs = [prompt, scalar("HEIGHT", 64), scalar("WIDTH", 64), scalar("NUM_INFERENCE_STEPS", 1)]
     with httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=300) as client:
         images = client.infer("image_diffusion", inputs).as_numpy("IMAGES")
-    assert images.shape == (1, 1) and images[0, 0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert images.shape == (1,) and images[0][:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e  # starts tritonserver
 def test_tritonserver_with_an_sglang_model_stops_promptly_and_cleanly(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

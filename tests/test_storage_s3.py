@@ -10,9 +10,11 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from diffusion_runtime.launcher.processes import Frontend
 from diffusion_runtime.media import probe_mp4
-from diffusion_runtime.serve import Frontend
 from tests.conftest import S3Server, Stack, start_stack, tiny_image_spec, tiny_video_specs
+
+pytestmark = pytest.mark.e2e  # starts moto's S3 server, tritonserver and the frontend
 
 BUCKET, PREFIX = "media-bucket", "team-a/generated"
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from tritonclient.utils import InferenceServerException
 
-from diffusion_runtime.serve import Frontend, TritonServer, render_repository
+from diffusion_runtime.launcher.processes import Frontend, TritonServer
+from diffusion_runtime.launcher.repository import render_repository
 from openai_frontend.errors import OpenAIError
 from openai_frontend.triton import TritonBackend
 from tests.conftest import tiny_image_spec, wait_for
@@ -216,6 +218,7 @@ def test_a_server_without_model_control_is_told_once_and_still_tried(caplog) -> 
 # --- real processes --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # starts two tritonservers and the frontend
 def test_with_two_servers_the_other_serves_and_only_the_failed_one_reloads(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -94,6 +94,7 @@ def test_force_rebuilds(tmp_path: Path) -> None:
     assert (folder / STAMP_FILE).stat().st_ino != stamp_inode
 
 
+@pytest.mark.e2e  # runs two builder processes at once
 def test_concurrent_builders_agree(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "diffusion_runtime.tiny_models", "--out", str(tmp_path), "tiny-llada"]
     procs = [

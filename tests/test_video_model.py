@@ -24,9 +24,12 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from diffusion_runtime.launcher.processes import TritonServer
+from diffusion_runtime.launcher.repository import PROJECT_ROOT, REPOSITORY, ModelSpec, render_repository
 from diffusion_runtime.media import probe_mp4
-from diffusion_runtime.serve import PROJECT_ROOT, REPOSITORY, ModelSpec, TritonServer, render_repository
 from tests.conftest import metric_value, wait_for
+
+pytestmark = pytest.mark.e2e  # starts tritonserver and runs perf_analyzer
 
 PERF_INPUT = PROJECT_ROOT / "benchmarks" / "perf_inputs" / "video_generation_t2v.json"
 T2V, I2V = "video_generation", "video_generation_i2v"

@@ -16,6 +16,8 @@ from PIL import Image
 from diffusion_runtime.media import probe_mp4
 from tests.conftest import Stack, metric_value, start_stack, tiny_video_specs, wait_for
 
+pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
+
 T2V, I2V = "tiny-wan-t2v", "tiny-wan-i2v"
 QUICK = {"num_frames": 9, "fps": 8, "num_inference_steps": 2, "seed": 1}
 

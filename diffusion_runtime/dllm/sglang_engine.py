@@ -1,7 +1,7 @@
 """The SGLang text engine: ``sglang.Engine(..., dllm_algorithm=...)`` in the stub, streaming block by block.
 
-NOT EXERCISED: SGLang's diffusion-LM path needs CUDA and its kernels, which neither the CPU machine nor the
-GPU device this project is built with can run (FACTS §4, §8). Only the mapping of our settings and requests
+NOT EXERCISED: SGLang's diffusion-LM path needs CUDA and its own kernels (``sgl_kernel``): no CPU host runs it,
+and the GPU hosts this project has run on had no ``sglang-kernel`` wheel. Only the mapping of our settings and requests
 to SGLang's arguments (``engine_kwargs``, ``sampling_params``, ``finish_reason``) is unit-tested; the calls
 below follow sglang 0.5.23's ``Engine.generate(input_ids=..., sampling_params=..., stream=True)`` as read
 from the wheel.

@@ -24,8 +24,8 @@ import numpy as np
 from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video, json_object
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc
+from diffusion_runtime.net import free_port
 from diffusion_runtime.params import ImageParams, VideoParams
-from diffusion_runtime.serve import free_port
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Stopping the generator, bounded to fit well inside tritonserver's exit timeout (serve.py: 10 s), which also
-# has to cover Triton's own one-second polls and the stub's interpreter teardown.
+# Stopping the generator, bounded to fit well inside tritonserver's exit timeout (10 s, launcher.processes), which
+# also has to cover Triton's own one-second polls and the stub's interpreter teardown.
 SHUTDOWN_REPLY_TIMEOUT_MS = 2000  # the scheduler's answer to ShutdownReq (it answers, then cleans up)
 WORKER_CLEANUP_GRACE_S = 2.0  # for the workers' own cleanup after that answer, before they are terminated
 WORKER_SIGNAL_WAIT_S = 1.0  # after SIGTERM, then after SIGKILL

@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from diffusion_runtime.contract import TEXT
 from diffusion_runtime.params.text import TextLimits, TextParams, validate_text_params
 from openai_frontend import sse
 from openai_frontend.context import Ctx, FrontendContext
@@ -44,7 +45,7 @@ from openai_frontend.triton import ServedModel, cancel_on_disconnect
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-OUTPUTS = ["TEXT", "FINISH_REASON", "PROMPT_TOKENS", "COMPLETION_TOKENS"]
+OUTPUTS = TEXT.output_names
 
 
 @dataclass(frozen=True)
@@ -56,30 +57,22 @@ class Piece:
     usage: Usage | None = None
 
 
-def _bytes(*values: str) -> np.ndarray:
-    return np.array([[v.encode("utf-8") for v in values]], dtype=np.object_)
-
-
 def text_inputs(params: TextParams, stream: bool = True) -> dict[str, np.ndarray]:
-    """The model's input tensors for one request (batch dimension 1). ``stream`` false: the model answers once,
-    with the whole text, instead of once per block."""
-    inputs = {
-        "STREAM": np.array([[stream]], dtype=np.bool_),
-        "MAX_TOKENS": np.array([[params.max_tokens]], dtype=np.int32),
-        "TEMPERATURE": np.array([[params.temperature]], dtype=np.float32),
-        "SEED": np.array([[params.seed]], dtype=np.int64),
-        "BLOCK_LENGTH": np.array([[params.block_length]], dtype=np.int32),
-        "STEPS": np.array([[params.steps]], dtype=np.int32),
-        "THRESHOLD": np.array([[params.threshold]], dtype=np.float32),
-    }
-    if params.messages is not None:
-        inputs["MESSAGES"] = _bytes(json.dumps(params.message_dicts(), ensure_ascii=False))
-    else:
-        assert params.prompt is not None
-        inputs["PROMPT"] = _bytes(params.prompt)
-    if params.stop:
-        inputs["STOP"] = _bytes(*params.stop)
-    return inputs
+    """The model's input tensors for one request. ``stream`` false: the model answers once, with the whole text,
+    instead of once per block."""
+    messages = json.dumps(params.message_dicts(), ensure_ascii=False) if params.messages is not None else None
+    return TEXT.request_tensors(
+        stream=stream,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        seed=params.seed,
+        block_length=params.block_length,
+        steps=params.steps,
+        threshold=params.threshold,
+        messages=messages,
+        prompt=params.prompt if messages is None else None,
+        stop=params.stop or None,
+    )
 
 
 def _piece(outputs: dict[str, np.ndarray]) -> Piece:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 
+from diffusion_runtime.contract import IMAGE
 from diffusion_runtime.media import CONTENT_TYPES, decode_input_image
 from diffusion_runtime.params import ImageLimits, ImageParams, parse_size, validate_image_params
 from openai_frontend.context import Ctx, FrontendContext
@@ -45,22 +47,21 @@ EDIT_BODY = {
 }
 
 
-def image_inputs(params: ImageParams) -> dict[str, np.ndarray]:
-    """The model's input tensors for one request (batch dimension 1)."""
-    inputs = {
-        "PROMPT": np.array([[params.prompt.encode("utf-8")]], dtype=np.object_),
-        "HEIGHT": np.array([[params.height]], dtype=np.int32),
-        "WIDTH": np.array([[params.width]], dtype=np.int32),
-        "NUM_IMAGES": np.array([[params.n]], dtype=np.int32),
-        "NUM_INFERENCE_STEPS": np.array([[params.num_inference_steps]], dtype=np.int32),
-        "GUIDANCE_SCALE": np.array([[params.guidance_scale]], dtype=np.float32),
-        "SEED": np.array([[params.seed]], dtype=np.int64),
-        "OUTPUT_FORMAT": np.array([[params.output_format.encode()]], dtype=np.object_),
-        "OUTPUT_COMPRESSION": np.array([[params.output_compression]], dtype=np.int32),
-    }
-    if params.negative_prompt:
-        inputs["NEGATIVE_PROMPT"] = np.array([[params.negative_prompt.encode("utf-8")]], dtype=np.object_)
-    return inputs
+def image_inputs(params: ImageParams, **edit: Any) -> dict[str, np.ndarray]:
+    """The model's input tensors for one request (``edit``: the ``image``, ``mask`` and ``strength`` of an edit)."""
+    return IMAGE.request_tensors(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        height=params.height,
+        width=params.width,
+        n=params.n,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed,
+        output_format=params.output_format,
+        output_compression=params.output_compression,
+        **edit,
+    )
 
 
 def _validated(body: ImageGenerationRequest, model: ServedModel, size: tuple[int, int]) -> ImageParams:
@@ -160,9 +161,5 @@ async def edit_image(request: Request, ctx: Ctx) -> ImagesResponse:
     await asyncio.to_thread(decode_input_image, images[0], "image")
     if masks:
         await asyncio.to_thread(decode_input_image, masks[0], "mask", None)
-    inputs = image_inputs(params)
-    inputs["INPUT_IMAGE"] = np.array([[images[0]]], dtype=np.object_)
-    inputs["STRENGTH"] = np.array([[params.strength]], dtype=np.float32)
-    if masks:
-        inputs["MASK_IMAGE"] = np.array([[masks[0]]], dtype=np.object_)
+    inputs = image_inputs(params, image=images[0], mask=masks[0] if masks else None, strength=params.strength)
     return await _generate(request, ctx, model, params, inputs, body.response_format)

@@ -1,7 +1,8 @@
-"""What a GPU run records about where it ran (commit, device, library versions), and what the host can run.
+"""What a run records about where it ran (commit, device, library versions), and what the host can run.
 
-A result without its commit and device cannot be compared with another one, so every script here writes these
-first. Nothing in this module initialises CUDA beyond querying device names.
+A result without its commit and device cannot be compared with another one, so the smoke test and the GPU
+benchmark write these first, and the CPU benchmark records the same library versions. Nothing in this module
+initialises CUDA beyond querying device names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-LIBRARIES = ("numpy", "torch", "diffusers", "transformers", "sglang", "tritonclient", "fastapi", "uvicorn", "openai")
+LIBRARIES = (
+    "numpy",
+    "torch",
+    "diffusers",
+    "transformers",
+    "sglang",
+    "tritonclient",
+    "fastapi",
+    "uvicorn",
+    "openai",
+    "pillow",
+)
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:

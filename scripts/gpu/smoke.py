@@ -3,7 +3,7 @@ the real stack, as a user drives it, in a few minutes.
 
     python -m scripts.gpu.smoke [--out benchmarks/results/gpu-smoke.json] [--deadline SECONDS] [--engines ...]
 
-It starts the stack the way ``scripts/serve.sh`` does (``diffusion_runtime.serve``: the committed repository
+It starts the stack the way ``scripts/serve.sh`` does (``diffusion_runtime.launcher``: the committed repository
 rendered for this host — ``KIND_GPU`` on every visible GPU, ``KIND_CPU`` where there is none — ``tritonserver``,
 the OpenAI frontend), once per engine family: the portable engines (``diffusers`` for images and videos,
 ``transformers`` for the dLLM), then SGLang's. Each stack serves every model kind at the selected shapes: ``tiny``
@@ -25,6 +25,12 @@ the host cannot run is recorded as skipped with the reason, never left out. The 
 device, the library versions, and each check's name, engine, shape, outcome (pass, fail, skipped), seconds and
 detail; it is rewritten after every check, so a killed run keeps what it did. The exit status is 1 when any check
 failed.
+
+It lives in ``scripts/gpu/`` with the product's other tools, not in ``benchmarks/``: it is the product's own check
+of a host (every change to the models, engines or Triton I/O passes it on a GPU before it lands, and the image the
+Dockerfile builds ships it), it measures nothing, and most of its code is its own checks. The helpers it shares
+with the GPU benchmark (engine parameters, the served stack, the host record, the results file, the model
+builder) live here once; the benchmark imports them, never the other way round.
 """
 
 from __future__ import annotations
@@ -53,8 +59,9 @@ import psutil
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from diffusion_runtime.launcher.processes import Frontend, TritonServer
+from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, detect_gpus
 from diffusion_runtime.media import probe_mp4
-from diffusion_runtime.serve import REPOSITORY, Frontend, ModelSpec, TritonServer, detect_gpus
 from diffusion_runtime.tiny_models import default_cache_dir, ensure_tiny_model
 from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
 from scripts.gpu.host import (

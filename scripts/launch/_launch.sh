@@ -6,4 +6,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 "$ROOT/scripts/setup.sh"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m diffusion_runtime.launch "$preset" "$script" "$@"
+exec env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m diffusion_runtime.launcher.presets "$preset" "$script" "$@"

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from diffusion_runtime.contract import TEXT
 from diffusion_runtime.dllm import TextDelta, TextEngineConfig, create_text_engine
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.params.text import TextLimits, validate_text_params
@@ -31,16 +32,6 @@ from diffusion_runtime.triton_io import (
     requested_outputs,
 )
 
-INPUTS = {
-    "PROMPT": "prompt",
-    "MESSAGES": "messages",
-    "MAX_TOKENS": "max_tokens",
-    "TEMPERATURE": "temperature",
-    "SEED": "seed",
-    "BLOCK_LENGTH": "block_length",
-    "STEPS": "steps",
-    "THRESHOLD": "threshold",
-}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -62,12 +53,12 @@ def read_stop(request) -> str | list[str] | None:
 
 
 def _response(delta: TextDelta, wanted: frozenset[str]):
-    """Outputs carry the request's batch dimension of 1; only the last response has the summary."""
-    outputs = {"TEXT": np.array([[delta.text.encode("utf-8")]], dtype=np.object_)}
+    """Only the last response has the summary."""
+    outputs = {"TEXT": np.array([delta.text.encode("utf-8")], dtype=np.object_)}
     if delta.finish_reason is not None:
-        outputs["FINISH_REASON"] = np.array([[delta.finish_reason.encode()]], dtype=np.object_)
-        outputs["PROMPT_TOKENS"] = np.array([[delta.prompt_tokens]], dtype=np.int32)
-        outputs["COMPLETION_TOKENS"] = np.array([[delta.completion_tokens]], dtype=np.int32)
+        outputs["FINISH_REASON"] = np.array([delta.finish_reason.encode()], dtype=np.object_)
+        outputs["PROMPT_TOKENS"] = np.array([delta.prompt_tokens], dtype=np.int32)
+        outputs["COMPLETION_TOKENS"] = np.array([delta.completion_tokens], dtype=np.int32)
     return inference_response(pb_utils, outputs, wanted)
 
 
@@ -80,10 +71,11 @@ class TritonPythonModel:
         self.metrics = ModelMetrics(pb_utils, args["model_name"])
 
     def _generate(self, request, sender) -> None:
-        params = validate_text_params(self.limits, stop=read_stop(request), **read_scalars(pb_utils, request, INPUTS))
+        settings = read_scalars(pb_utils, request, TEXT.settings)
         # STREAM false (the frontend's non-streaming requests): one response with the whole text; each response
         # sent costs the decoder ~0.7 ms of waiting on Triton.
-        stream = read_scalars(pb_utils, request, {"STREAM": "stream"})["stream"] is not False
+        stream = settings.pop("stream") is not False
+        params = validate_text_params(self.limits, stop=read_stop(request), **settings)
         wanted = requested_outputs(request)
         held: list[str] = []
         start = time.perf_counter()

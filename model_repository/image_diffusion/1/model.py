@@ -1,6 +1,6 @@
 """Triton glue for text-to-image: tensors in, one engine call, encoded files out.
 
-One request per ``execute`` (``max_batch_size: 1``, no dynamic batcher: see the config). ``execute`` denoises;
+One request per ``execute`` (``max_batch_size: 0``, no dynamic batcher: see the config). ``execute`` denoises;
 the files are encoded and the response sent through the request's response sender (allowed for non-decoupled
 models: exactly one final response per request). Large outputs are encoded on a worker thread after
 ``execute`` returns, so the instance starts the next request while the last one encodes; small ones
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from diffusion_runtime.contract import IMAGE
 from diffusion_runtime.engines import EngineConfig, create_image_engine
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.media import decode_input_image, edit_mask, encode_image, fit_image
@@ -53,19 +54,6 @@ from diffusion_runtime.triton_io import (
     requested_outputs,
 )
 
-INPUTS = {
-    "PROMPT": "prompt",
-    "NEGATIVE_PROMPT": "negative_prompt",
-    "HEIGHT": "height",
-    "WIDTH": "width",
-    "NUM_IMAGES": "n",
-    "NUM_INFERENCE_STEPS": "num_inference_steps",
-    "GUIDANCE_SCALE": "guidance_scale",
-    "SEED": "seed",
-    "OUTPUT_FORMAT": "output_format",
-    "OUTPUT_COMPRESSION": "output_compression",
-    "STRENGTH": "strength",
-}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Up to this many pixels (all images of a request) the files are encoded and answered within ``execute``: about
 # a millisecond of encoding, no more than the hand-off to the encoder thread costs a lone request (0.4 ms more at
@@ -101,7 +89,7 @@ class TritonPythonModel:
         return files, time.perf_counter() - start
 
     def _generate(self, request) -> Generated:
-        params = validate_image_params(self.limits, **read_scalars(pb_utils, request, INPUTS))
+        params = validate_image_params(self.limits, **read_scalars(pb_utils, request, IMAGE.settings))
         image, mask = edit_inputs(request, params)
         start = time.perf_counter()
         images = self.engine.generate(params, cancellation_check(request), image, mask)
@@ -175,10 +163,10 @@ def edit_inputs(request, params: ImageParams):
 
 
 def _response(generated: Generated, files: list[bytes]):
-    """Outputs carry the request's batch dimension of 1: IMAGES and SEEDS are ``[1, n]``."""
+    """``IMAGES`` and ``SEEDS`` hold one entry per image (``[n]``)."""
     outputs = {
-        "IMAGES": np.array([files], dtype=np.object_),
-        "SEEDS": np.array([generated.params.seeds], dtype=np.int64),
-        "INFERENCE_TIME_S": np.array([[generated.denoise_s]], dtype=np.float32),
+        "IMAGES": np.array(files, dtype=np.object_),
+        "SEEDS": np.array(generated.params.seeds, dtype=np.int64),
+        "INFERENCE_TIME_S": np.array([generated.denoise_s], dtype=np.float32),
     }
     return inference_response(pb_utils, outputs, generated.outputs)

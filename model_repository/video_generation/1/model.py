@@ -16,6 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
+from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.engines import EngineConfig, StepHook, create_video_engine
 from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
 from diffusion_runtime.media import decode_input_image, encode_mp4, fit_image
@@ -36,18 +37,6 @@ from diffusion_runtime.triton_io import (
 
 log = logging.getLogger("video_generation")
 
-INPUTS = {
-    "PROMPT": "prompt",
-    "NEGATIVE_PROMPT": "negative_prompt",
-    "HEIGHT": "height",
-    "WIDTH": "width",
-    "SECONDS": "seconds",
-    "NUM_FRAMES": "num_frames",
-    "FPS": "fps",
-    "NUM_INFERENCE_STEPS": "num_inference_steps",
-    "GUIDANCE_SCALE": "guidance_scale",
-    "SEED": "seed",
-}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -75,7 +64,7 @@ class TritonPythonModel:
 
     def _generate(self, request, sender) -> None:
         try:
-            params = validate_video_params(self.limits, **read_scalars(pb_utils, request, INPUTS))
+            params = validate_video_params(self.limits, **read_scalars(pb_utils, request, VIDEO.settings))
             image = self._input_image(read_bytes(pb_utils, request, "INPUT_IMAGE"), params)
             wanted = requested_outputs(request)
             progress = StepProgress(request, sender, wanted)

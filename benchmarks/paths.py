@@ -1,5 +1,6 @@
 """The three ways of making one generation: bare (the engine in this process, plus encoding), through Triton
-alone (``tritonclient`` gRPC), and served (HTTP to the OpenAI frontend → Triton → model).
+alone (``tritonclient`` gRPC), and served (HTTP to the OpenAI frontend → Triton → model). The CPU benchmark uses
+all three; the GPU benchmark sets the same bare engines beside its served requests.
 
 Each call returns a ``Call``: wall time from sending the request to having the whole answer (the client's
 JSON and base64 decoding are left out: they are the caller's business, not the server's), the files, and
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from scripts.bench.workloads import ImageJob, TextJob, VideoJob
+from benchmarks.workloads import ImageJob, TextJob, VideoJob
 
 
 @dataclass
@@ -44,13 +45,13 @@ def _noop(_done: int, _total: int) -> None:
 class BareImage:
     """``create_image_engine`` with the parameters the served model was rendered with, plus ``encode_image``."""
 
-    def __init__(self, parameters: Mapping[str, str]) -> None:
+    def __init__(self, parameters: Mapping[str, str], device: str = "cpu") -> None:
         from diffusion_runtime.engines import EngineConfig, create_image_engine
         from diffusion_runtime.params import ImageLimits
 
         self.limits = ImageLimits.from_parameters(parameters)
         self.png_level = int(parameters.get("png_compress_level") or 1)
-        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, "cpu"))
+        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
 
     def generate(self, job: ImageJob) -> tuple[list[np.ndarray], float]:
         params = job.params(self.limits)
@@ -74,13 +75,15 @@ class BareImage:
 
 
 class BareVideo:
-    def __init__(self, parameters: Mapping[str, str]) -> None:
+    """``create_video_engine`` with the served model's parameters, plus ``encode_mp4``."""
+
+    def __init__(self, parameters: Mapping[str, str], device: str = "cpu") -> None:
         from diffusion_runtime.engines import EngineConfig, create_video_engine
         from diffusion_runtime.params import VideoLimits
 
         self.limits = VideoLimits.from_parameters(parameters)
         self.crf = int(parameters.get("mp4_crf") or 18)
-        self.engine = create_video_engine(EngineConfig.from_parameters(parameters, "cpu"))
+        self.engine = create_video_engine(EngineConfig.from_parameters(parameters, device))
 
     def __call__(self, job: VideoJob) -> Call:
         from diffusion_runtime.media import encode_mp4

@@ -1,4 +1,4 @@
-"""``scripts/bench/run.sh [--quick|--full] [--only PHASES]``: the benchmark suite on this machine.
+"""``benchmarks/cpu/run.sh [--quick|--full] [--only PHASES]``: the benchmark suite on this machine.
 
 Starts one tritonserver with the tiny models (image with one instance and with two, text-to-video, dLLM) and
 the OpenAI frontend, loads the same engines in this process, and runs, in order:
@@ -25,7 +25,6 @@ import random
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # the bare video path forks ffmpeg beside live gRPC clients
 
 
-from scripts.bench import report  # noqa: E402
-from scripts.bench.stats import median, ratio_summary, summarize  # noqa: E402
+from benchmarks.cpu import report  # noqa: E402
+from benchmarks.stats import median, paired_ratios, summarize  # noqa: E402
+from scripts.gpu.host import library_versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("overhead", "dllm", "load", "encoding")
@@ -68,16 +68,13 @@ PLANS = {
 
 
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
+    """The machine and the library versions (``scripts.gpu.host``'s list, which the GPU results record too)."""
+    return {
         "cpus": os.cpu_count(),
         "platform": platform.platform(terse=True),
-        "python": platform.python_version(),
         "shared": True,
+        **library_versions(),
     }
-    for package in ("torch", "diffusers", "transformers", "tritonclient", "fastapi", "uvicorn", "pillow"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            info[package] = metadata.version(package)
-    return info
 
 
 def load_avg() -> list[float]:
@@ -85,7 +82,7 @@ def load_avg() -> list[float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/bench/run.sh", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/cpu/run.sh", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="few repetitions (default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="many repetitions")
@@ -132,7 +129,7 @@ class Bench:
             "schema": report.SCHEMA,
             "date": args.date,
             "mode": args.mode,
-            "command": " ".join(["scripts/bench/run.sh", *args.argv]),
+            "command": " ".join(["benchmarks/cpu/run.sh", *args.argv]),
             "started_at": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": {**machine_info(), "load_start": load_avg()},
             "config": {**dataclasses.asdict(self.plan), "phases": args.phases},
@@ -161,7 +158,7 @@ class Bench:
         meta = {
             "started_at": dt.datetime.now().isoformat(timespec="seconds"),
             "load_start": load_avg(),
-            "command": " ".join(["scripts/bench/run.sh", *self.args.argv]),
+            "command": " ".join(["benchmarks/cpu/run.sh", *self.args.argv]),
         }
         started = time.perf_counter()
         yield
@@ -181,8 +178,8 @@ class Bench:
     # --- phases ----------------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        from benchmarks.cpu.stack import bench_specs, dllm_available, running_stack, video_available
         from diffusion_runtime.tiny_models import ensure_tiny_models
-        from scripts.bench.stack import bench_specs, dllm_available, running_stack, video_available
 
         phases = self.args.phases
         needs_stack = any(p in phases for p in ("overhead", "dllm", "load"))
@@ -226,18 +223,18 @@ class Bench:
         return 0
 
     def _bare_image(self, stack):
-        from scripts.bench.paths import BareImage
-        from scripts.bench.stack import IMAGE, rendered_parameters
+        from benchmarks.cpu.stack import IMAGE, rendered_parameters
+        from benchmarks.paths import BareImage
 
         if not hasattr(self, "_image_engine"):
             self._image_engine = BareImage(rendered_parameters(stack.repository, IMAGE))
         return self._image_engine
 
     def overhead(self, stack, video: bool) -> None:
-        from scripts.bench.overhead import compare_paths
-        from scripts.bench.paths import BareVideo, Served, TritonImage, TritonVideo
-        from scripts.bench.stack import IMAGE, SERVED_NAMES, VIDEO, rendered_parameters
-        from scripts.bench.workloads import ImageJob, video_job
+        from benchmarks.cpu.overhead import compare_paths
+        from benchmarks.cpu.stack import IMAGE, SERVED_NAMES, VIDEO, rendered_parameters
+        from benchmarks.paths import BareVideo, Served, TritonImage, TritonVideo
+        from benchmarks.workloads import ImageJob, video_job
 
         plan = self.plan
         bare = self._bare_image(stack)
@@ -274,10 +271,10 @@ class Bench:
         served.close()
 
     def dllm(self, stack) -> None:
-        from scripts.bench.dllm import text_benchmark
-        from scripts.bench.paths import BareText, Served, TritonText
-        from scripts.bench.stack import DLLM, rendered_parameters
-        from scripts.bench.workloads import TextJob
+        from benchmarks.cpu.dllm import text_benchmark
+        from benchmarks.cpu.stack import DLLM, rendered_parameters
+        from benchmarks.paths import BareText, Served, TritonText
+        from benchmarks.workloads import TextJob
 
         bare = BareText(rendered_parameters(stack.repository, DLLM))
         triton = TritonText(stack.triton.grpc_url, bare.limits)
@@ -305,9 +302,8 @@ class Bench:
     def load(self, stack) -> None:
         import torch
 
-        from scripts.bench.load import bare_loop, frontend_run, perf_analyzer_run, perf_input_file
-        from scripts.bench.paths import BareImage
-        from scripts.bench.stack import (
+        from benchmarks.cpu.load import bare_loop, frontend_run, perf_analyzer_run, perf_input_file
+        from benchmarks.cpu.stack import (
             IMAGE,
             IMAGE_1T,
             IMAGE_X2,
@@ -316,7 +312,8 @@ class Bench:
             cpu_count,
             rendered_parameters,
         )
-        from scripts.bench.workloads import image_load_jobs
+        from benchmarks.paths import BareImage
+        from benchmarks.workloads import image_load_jobs
 
         plan = self.plan
         jobs = image_load_jobs()
@@ -391,7 +388,7 @@ class Bench:
             served_rates = [b["images_per_s"] for b in served_blocks]
             comparison = {
                 "concurrency": 4,
-                "ratio": ratio_summary(served_rates, bare_rates),
+                "ratio": paired_ratios(served_rates, bare_rates),
                 "served_images_per_s": served_rates,
                 "bare_images_per_s": bare_rates,
             }
@@ -441,7 +438,7 @@ class Bench:
         )
 
     def encoding(self) -> None:
-        from scripts.bench.encoding import image_encoding, video_encoding
+        from benchmarks.cpu.encoding import image_encoding, video_encoding
 
         self.results["encoding"] = {"images": image_encoding(self.plan.encode_image_reps)}
         self.save()

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from scripts.bench.overhead import counters_after
-from scripts.bench.paths import BareImage
-from scripts.bench.stack import Stack
-from scripts.bench.stats import summarize, throughput
-from scripts.bench.workloads import PERF_INPUTS, ImageJob
+from benchmarks.cpu.overhead import counters_after
+from benchmarks.cpu.stack import Stack
+from benchmarks.paths import BareImage
+from benchmarks.stats import summarize, throughput
+from benchmarks.workloads import PERF_INPUTS, ImageJob
 
 
 def process_cpu_s(pid: int) -> float:

@@ -18,7 +18,7 @@ Everything is written to ``--out/results.json`` after each phase, so a run stopp
 measured. ``--deadline`` (seconds from start) shrinks repetitions to what still fits. ``--tiny`` builds toy models
 of the same classes on the CPU for a dry run of this whole script.
 
-usage (from the project root, in its environment): python -m scripts.gpu.bench_gpu --plan image,video,multi-gpu
+usage (from the project root, in its environment): python -m benchmarks.gpu.bench --plan image,video,multi-gpu
 """
 
 from __future__ import annotations
@@ -27,18 +27,23 @@ import argparse
 import base64
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from benchmarks.paths import BareImage, BareVideo
+from benchmarks.prometheus import counter_increase, parse_prometheus, sample_key
+from benchmarks.stats import median, paired_ratios, ratio_of_medians, summarize
+from benchmarks.workloads import ImageJob, VideoJob
 from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
 from scripts.gpu.host import (
     command_line,
@@ -52,50 +57,13 @@ from scripts.gpu.make_models import ensure_built
 from scripts.gpu.results_file import ResultsFile
 from scripts.gpu.served_stack import start_frontend, start_triton
 
-log = logging.getLogger("bench_gpu")
+log = logging.getLogger("benchmarks.gpu")
 PROMPT = "a photograph of a red fox standing in fresh snow at golden hour, detailed fur"
 SERVED_NAME = {"image": "flux-dev-random", "video": "wan-1.3b-random"}
+# The models' own counters on Triton's /metrics: cumulative seconds per phase, requests, denoising steps.
+MODEL_COUNTERS = ("diffusion_seconds_total", "diffusion_requests_total", "diffusion_steps_total")
 
-# --- statistics --------------------------------------------------------------------------------------------------
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default), q in [0, 1]."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Median and spread of timings (seconds)."""
-    values = list(values)
-    median = statistics.median(values)
-    return {
-        "n": len(values),
-        "median": median,
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-        "p25": quantile(values, 0.25),
-        "p75": quantile(values, 0.75),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "iqr_over_median": (quantile(values, 0.75) - quantile(values, 0.25)) / median if median else 0.0,
-    }
-
-
-def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
-    """Per-pair ratios of interleaved runs, summarised: robust to drift that moves both sides of a pair."""
-    if len(numerators) != len(denominators) or not numerators:
-        raise ValueError("paired ratios need two equally long, non-empty series")
-    return summarize([a / b for a, b in zip(numerators, denominators, strict=True)])
-
-
-def ratio_of_medians(numerators: Sequence[float], denominators: Sequence[float]) -> float:
-    return statistics.median(numerators) / statistics.median(denominators)
+# --- time ---------------------------------------------------------------------------------------------------------
 
 
 def fit_repetitions(wanted: int, seconds_each: float, seconds_left: float, reserve: float, minimum: int = 1) -> int:
@@ -124,18 +92,15 @@ class Served:
 
     def metrics(self) -> dict[str, float]:
         """The image/video models' own counters on Triton's /metrics (cumulative seconds per phase, requests)."""
-        import httpx
-
         try:
             text = httpx.get(self.triton.metrics_url, timeout=10).text
         except Exception:  # metrics are context, never a reason to fail a run
             return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith(("diffusion_seconds_total{", "diffusion_requests_total{", "diffusion_steps_total{")):
-                key, _, value = line.rpartition(" ")
-                out[key] = out.get(key, 0.0) + float(value)
-        return out
+        return {
+            sample_key(name, labels): value
+            for (name, labels), value in parse_prometheus(text).items()
+            if name in MODEL_COUNTERS
+        }
 
     def stop(self) -> None:
         self.frontend.stop()
@@ -146,116 +111,34 @@ def finish_stack(triton, workdir: Path, model: str, env: dict[str, str], load_ti
     return Served(triton, start_frontend(triton, workdir, env, load_timeout), model)
 
 
-def post_image(client, model: str, size: tuple[int, int], steps: int, seed: int) -> tuple[float, bytes]:
+def image_job(size: tuple[int, int], steps: int, seed: int) -> ImageJob:
+    return ImageJob(PROMPT, width=size[0], height=size[1], n=1, steps=steps, seed=seed, output_format="png")
+
+
+def video_job(size: tuple[int, int], frames: int, steps: int, seed: int) -> VideoJob:
+    """A video at the model's default frame rate, as a client that names none gets."""
+    return VideoJob(PROMPT, width=size[0], height=size[1], num_frames=frames, fps=None, steps=steps, seed=seed)
+
+
+def post_image(client: httpx.Client, model: str, job: ImageJob) -> tuple[float, bytes]:
     """One served image, b64_json: seconds from sending to having the decoded file, and the file."""
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "size": f"{size[0]}x{size[1]}",
-        "n": 1,
-        "response_format": "b64_json",
-        "output_format": "png",
-        "num_inference_steps": steps,
-        "seed": seed,
-    }
-    start = time.perf_counter()
-    response = client.post("/v1/images/generations", json=body)
-    if response.status_code != 200:
-        raise RuntimeError(f"image request failed: {response.status_code} {response.text[:500]}")
-    data = base64.b64decode(response.json()["data"][0]["b64_json"])
-    return time.perf_counter() - start, data
+    return _post_decoded(client, "/v1/images/generations", job.openai_body(model))
 
 
-def post_video(client, model: str, size: tuple[int, int], frames: int, steps: int, seed: int) -> tuple[float, bytes]:
+def post_video(client: httpx.Client, model: str, job: VideoJob) -> tuple[float, bytes]:
     """One served video through the blocking create (``response_format``): the MP4 comes back inline."""
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "size": f"{size[0]}x{size[1]}",
-        "num_frames": frames,
-        "num_inference_steps": steps,
-        "seed": seed,
-        "response_format": "b64_json",
-    }
+    return _post_decoded(client, "/v1/videos", job.openai_body(model))
+
+
+def _post_decoded(client: httpx.Client, path: str, body: dict[str, Any]) -> tuple[float, bytes]:
+    """Seconds from sending ``body`` to having the first file decoded (a GPU-size file's base64 decoding is part of
+    what a client pays for), and the file."""
     start = time.perf_counter()
-    response = client.post("/v1/videos", json=body)
+    response = client.post(path, json=body)
     if response.status_code != 200:
-        raise RuntimeError(f"video request failed: {response.status_code} {response.text[:500]}")
+        raise RuntimeError(f"{path} failed: {response.status_code} {response.text[:500]}")
     data = base64.b64decode(response.json()["data"][0]["b64_json"])
     return time.perf_counter() - start, data
-
-
-# --- the bare engine ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BareTiming:
-    total: float
-    engine: float
-    encode: float
-    data: bytes
-
-
-class BareImage:
-    """The image model's engine, in this process, plus the model's own PNG encoding."""
-
-    def __init__(self, parameters: dict[str, str], device: str) -> None:
-        from diffusion_runtime.engines import EngineConfig, create_image_engine
-        from diffusion_runtime.params import ImageLimits
-
-        self.limits = ImageLimits.from_parameters(parameters)
-        self.png_level = int(parameters.get("png_compress_level") or 1)
-        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
-
-    def run(self, size: tuple[int, int], steps: int, seed: int) -> BareTiming:
-        from diffusion_runtime.media import encode_image
-        from diffusion_runtime.params import validate_image_params
-
-        start = time.perf_counter()
-        params = validate_image_params(
-            self.limits, prompt=PROMPT, width=size[0], height=size[1], n=1, num_inference_steps=steps, seed=seed
-        )
-        (image,) = self.engine.generate(params, lambda done, total: None)
-        generated = time.perf_counter()
-        data = encode_image(image, params.output_format, params.output_compression, self.png_level)
-        end = time.perf_counter()
-        return BareTiming(end - start, generated - start, end - generated, data)
-
-    def close(self) -> None:
-        self.engine.close()
-
-
-class BareVideo:
-    def __init__(self, parameters: dict[str, str], device: str) -> None:
-        from diffusion_runtime.engines import EngineConfig, create_video_engine
-        from diffusion_runtime.params import VideoLimits
-
-        self.limits = VideoLimits.from_parameters(parameters)
-        self.crf = int(parameters.get("mp4_crf") or 18)
-        self.engine = create_video_engine(EngineConfig.from_parameters(parameters, device))
-
-    def run(self, size: tuple[int, int], frames: int, steps: int, seed: int) -> BareTiming:
-        from diffusion_runtime.media import encode_mp4
-        from diffusion_runtime.params import validate_video_params
-
-        start = time.perf_counter()
-        params = validate_video_params(
-            self.limits,
-            prompt=PROMPT,
-            width=size[0],
-            height=size[1],
-            num_frames=frames,
-            num_inference_steps=steps,
-            seed=seed,
-        )
-        video = self.engine.generate(params, None, lambda done, total: None)
-        generated = time.perf_counter()
-        data = encode_mp4(video, params.fps, self.crf)
-        end = time.perf_counter()
-        return BareTiming(end - start, generated - start, end - generated, data)
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 # --- settings ------------------------------------------------------------------------------------------------------
@@ -326,9 +209,7 @@ def ensure_model(settings: Settings, kind: str, results: ResultsFile) -> Path:
 
 
 def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
-    import httpx
-
-    from diffusion_runtime.serve import ModelSpec
+    from diffusion_runtime.launcher.repository import ModelSpec
 
     key = ["image", engine]
     model_path = ensure_model(settings, "flux", results)
@@ -352,26 +233,26 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
         client = httpx.Client(base_url=served.frontend.url, timeout=900)
         # Warm-up: the bare engine first (SGLang compiles its Triton kernels into the shared on-disk cache), then
         # the served stack, which then finds them compiled.
-        first_bare = bare.run(size, steps, seed=1)
-        first_served, _ = post_image(client, served.model, size, steps, seed=1)
-        second_bare = bare.run(size, steps, seed=2)
-        second_served, _ = post_image(client, served.model, size, steps, seed=2)
+        first_bare = bare(image_job(size, steps, seed=1))
+        first_served, _ = post_image(client, served.model, image_job(size, steps, seed=1))
+        second_bare = bare(image_job(size, steps, seed=2))
+        second_served, _ = post_image(client, served.model, image_job(size, steps, seed=2))
         results.put(
             [*key, "warmup_s"],
-            {"bare": [first_bare.total, second_bare.total], "served": [first_served, second_served]},
+            {"bare": [first_bare.wall_s, second_bare.wall_s], "served": [first_served, second_served]},
         )
         log.info(
             "[%s] warm-up: bare %.2f/%.2f s, served %.2f/%.2f s",
             engine,
-            first_bare.total,
-            second_bare.total,
+            first_bare.wall_s,
+            second_bare.wall_s,
             first_served,
             second_served,
         )
 
         # Latency at concurrency 1: interleaved pairs (served first on even pairs, bare first on odd ones).
-        per_pair = max(second_bare.total, 0.01) + max(second_served, 0.01)
-        throughput_cost = 2 * settings.throughput_images * second_bare.total + 30
+        per_pair = max(second_bare.wall_s, 0.01) + max(second_served, 0.01)
+        throughput_cost = 2 * settings.throughput_images * second_bare.wall_s + 30
         pairs = fit_repetitions(settings.pairs, per_pair, deadline.left(), reserve=throughput_cost + 60, minimum=3)
         metrics_before = served.metrics()
         served_s, bare_s, bare_engine_s, bare_encode_s, same, sizes = [], [], [], [], [], []
@@ -380,14 +261,14 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
             order = ("served", "bare") if index % 2 == 0 else ("bare", "served")
             for side in order:
                 if side == "served":
-                    seconds, served_file = post_image(client, served.model, size, steps, seed)
+                    seconds, served_file = post_image(client, served.model, image_job(size, steps, seed))
                     served_s.append(seconds)
                 else:
-                    timing = bare.run(size, steps, seed)
-                    bare_s.append(timing.total)
-                    bare_engine_s.append(timing.engine)
-                    bare_encode_s.append(timing.encode)
-                    bare_file = timing.data
+                    timing = bare(image_job(size, steps, seed))
+                    bare_s.append(timing.wall_s)
+                    bare_engine_s.append(timing.gen_s)
+                    bare_encode_s.append(timing.extra["encode_s"])
+                    bare_file = timing.files[0]
             same.append(served_file == bare_file)
             sizes.append(len(bare_file))
             if index == 0:
@@ -405,10 +286,10 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
             "bare_encode": summarize(bare_encode_s),
             "served_over_bare": ratio_of_medians(served_s, bare_s),
             "served_over_bare_paired": paired_ratios(served_s, bare_s),
-            "served_minus_bare_median_s": statistics.median(served_s) - statistics.median(bare_s),
+            "served_minus_bare_median_s": median(served_s) - median(bare_s),
             "identical_files": same,
             "file_bytes": sizes,
-            "served_model_metrics_delta": _delta(metrics_before, metrics_after),
+            "served_model_metrics_delta": counter_increase(metrics_before, metrics_after),
         }
         results.put([*key, "latency"], latency)
         log.info(
@@ -425,7 +306,7 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
         )
 
         # Throughput with one instance: the served stack at concurrency C against the bare loop.
-        each = statistics.median(bare_s)
+        each = median(bare_s)
         count = fit_repetitions(settings.throughput_images, 2 * each, deadline.left(), reserve=45, minimum=2)
         count = max(count, min(settings.concurrency, settings.throughput_images))
         bare_wall = _bare_loop(bare, size, steps, count)
@@ -465,14 +346,12 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
 def _bare_loop(bare: BareImage, size, steps: int, count: int) -> float:
     start = time.perf_counter()
     for index in range(count):
-        bare.run(size, steps, seed=500 + index)
+        bare(image_job(size, steps, seed=500 + index))
     return time.perf_counter() - start
 
 
 def _served_concurrent(served: Served, size, steps: int, count: int, concurrency: int) -> tuple[float, list[float]]:
     """``count`` requests from ``concurrency`` clients, each sending its next request when the last one returns."""
-    import httpx
-
     seeds = iter(range(900, 900 + count))
     lock = threading.Lock()
     durations: list[float] = []
@@ -484,7 +363,7 @@ def _served_concurrent(served: Served, size, steps: int, count: int, concurrency
                     seed = next(seeds, None)
                 if seed is None:
                     return
-                seconds, _ = post_image(client, served.model, size, steps, seed)
+                seconds, _ = post_image(client, served.model, image_job(size, steps, seed))
                 with lock:
                     durations.append(seconds)
 
@@ -495,14 +374,8 @@ def _served_concurrent(served: Served, size, steps: int, count: int, concurrency
     return time.perf_counter() - start, durations
 
 
-def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0)}
-
-
 def measure_video(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
-    import httpx
-
-    from diffusion_runtime.serve import REPOSITORY, ModelSpec
+    from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec
 
     key = ["video", engine]
     if not (REPOSITORY / "video_generation" / "config.pbtxt").exists():
@@ -524,25 +397,25 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
         served = finish_stack(triton, workdir, SERVED_NAME["video"], settings.env, settings.load_timeout)
         results.put([*key, "load_s"], {"served_ready": time.perf_counter() - t0})
         client = httpx.Client(base_url=served.frontend.url, timeout=1800)
-        warm_bare = bare.run(size, frames, steps, seed=1)
-        warm_served, _ = post_video(client, served.model, size, frames, steps, seed=1)
-        results.put([*key, "warmup_s"], {"bare": warm_bare.total, "served": warm_served})
-        log.info("[video %s] warm-up: bare %.2f s, served %.2f s", engine, warm_bare.total, warm_served)
-        pairs = fit_repetitions(settings.video_pairs, warm_bare.total + warm_served, deadline.left(), 20, minimum=1)
+        warm_bare = bare(video_job(size, frames, steps, seed=1))
+        warm_served, _ = post_video(client, served.model, video_job(size, frames, steps, seed=1))
+        results.put([*key, "warmup_s"], {"bare": warm_bare.wall_s, "served": warm_served})
+        log.info("[video %s] warm-up: bare %.2f s, served %.2f s", engine, warm_bare.wall_s, warm_served)
+        pairs = fit_repetitions(settings.video_pairs, warm_bare.wall_s + warm_served, deadline.left(), 20, minimum=1)
         metrics_before = served.metrics()
         served_s, bare_s, bare_engine_s, bare_encode_s, same, sizes = [], [], [], [], [], []
         for index in range(pairs):
             seed = 100 + index
             for side in ("served", "bare") if index % 2 == 0 else ("bare", "served"):
                 if side == "served":
-                    seconds, served_file = post_video(client, served.model, size, frames, steps, seed)
+                    seconds, served_file = post_video(client, served.model, video_job(size, frames, steps, seed))
                     served_s.append(seconds)
                 else:
-                    timing = bare.run(size, frames, steps, seed)
-                    bare_s.append(timing.total)
-                    bare_engine_s.append(timing.engine)
-                    bare_encode_s.append(timing.encode)
-                    bare_file = timing.data
+                    timing = bare(video_job(size, frames, steps, seed))
+                    bare_s.append(timing.wall_s)
+                    bare_engine_s.append(timing.gen_s)
+                    bare_encode_s.append(timing.extra["encode_s"])
+                    bare_file = timing.files[0]
             same.append(served_file == bare_file)
             sizes.append(len(bare_file))
             if index == 0:
@@ -561,7 +434,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
             "served_over_bare_paired": paired_ratios(served_s, bare_s),
             "identical_files": same,
             "file_bytes": sizes,
-            "served_model_metrics_delta": _delta(metrics_before, served.metrics()),
+            "served_model_metrics_delta": counter_increase(metrics_before, served.metrics()),
         }
         results.put([*key, "latency"], latency)
         log.info(
@@ -589,7 +462,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
 
 def measure_multi_gpu(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     """Images/s with one instance on GPU 0, then one instance on each visible GPU; same request mix."""
-    from diffusion_runtime.serve import ModelSpec
+    from diffusion_runtime.launcher.repository import ModelSpec
 
     key = ["multi_gpu", engine]
     model_path = ensure_model(settings, "flux", results)
@@ -679,7 +552,7 @@ def summary_lines(data: dict[str, Any]) -> str:
 
 
 def visible_gpus() -> list[int]:
-    from diffusion_runtime.serve import detect_gpus
+    from diffusion_runtime.launcher.repository import detect_gpus
 
     return detect_gpus()
 
@@ -759,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "results.json",
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": command_line("scripts.gpu.bench_gpu", sys.argv[1:] if argv is None else argv),
+            "command": command_line("benchmarks.gpu.bench", sys.argv[1:] if argv is None else argv),
             "commit": git_commit(),
             "device": describe_device(),
             "versions": library_versions(),

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from scripts.bench.paths import Call
-from scripts.bench.stack import Stack
-from scripts.bench.stats import interleaved_order, paired_difference, ratio_summary, summarize
+from benchmarks.cpu.stack import Stack
+from benchmarks.paths import Call
+from benchmarks.stats import interleaved_order, paired_difference, paired_ratios, summarize
 
 
 def _digest(files: list[bytes]) -> str:
@@ -126,7 +126,7 @@ def compare_paths(
         for label, a, b in pairs
     }
     result["gen_ratio_vs_bare"] = {
-        path: ratio_summary(series(path, "gen"), series(bare, "gen")) for path in paths if path != bare
+        path: paired_ratios(series(path, "gen"), series(bare, "gen")) for path in paths if path != bare
     }
     return result, records
 

@@ -1,22 +1,23 @@
-"""Result files: the JSON (everything measured), a markdown section, and the latency/throughput plot."""
+"""The CPU benchmark's result files: the JSON (everything measured), the markdown section, and the
+latency/throughput plot. Tables, numbers and goals are written as every benchmark writes them
+(``benchmarks.report``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.stats import median, rows_as_table, verdict
+from benchmarks import report as shared
+from benchmarks.report import VERDICT_RULE, judge, markdown_table, number, targets_table
+from benchmarks.stats import median
 
 SCHEMA = "triton-diffusion-bench/1"
 REQUIRED_KEYS = ("schema", "date", "mode", "machine", "config", "targets")
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    """The result JSON, indented by two as the committed CPU results are (a rebuilt file diffs cleanly)."""
+    shared.write_json(results, path, indent=2)
 
 
 def check_shape(results: dict[str, Any]) -> list[str]:
@@ -41,15 +42,10 @@ def check_shape(results: dict[str, Any]) -> list[str]:
 def _target(
     name: str, goal: float, measured: float, ci95: list[float] | None, unit: str, *, higher_is_better: bool, detail: Any
 ) -> dict[str, Any]:
-    said = verdict(measured, ci95, goal, higher_is_better=higher_is_better)
     return {
         "name": name,
-        "goal": goal,
-        "measured": measured,
-        "ci95": ci95,
+        **judge(goal, measured, ci95, higher_is_better=higher_is_better),
         "unit": unit,
-        "met": said == "met",
-        "verdict": said,
         "detail": detail,
     }
 
@@ -103,14 +99,6 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # --- markdown ------------------------------------------------------------------------------------------------
 
 
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, (int, float)):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _ci(d: dict[str, Any]) -> str:
     low, high = d["ci95"]
     return f"{d['median_of_differences']:+.1f} [{low:+.1f}, {high:+.1f}]"
@@ -137,7 +125,7 @@ def markdown(results: dict[str, Any]) -> str:
             [
                 name,
                 meta.get("started_at", "?"),
-                _f(meta.get("elapsed_s"), 0),
+                number(meta.get("elapsed_s"), 0),
                 meta.get("load_start"),
                 meta.get("load_end"),
             ]
@@ -146,26 +134,11 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "When each phase ran, and the machine's load average (1, 5, 15 min) before and after it:",
             "",
-            rows_as_table(rows, ["phase", "started", "seconds", "load before", "load after"]),
+            markdown_table(rows, ["phase", "started", "seconds", "load before", "load after"]),
             "",
         ]
     if results.get("targets"):
-        out += ["### Targets", ""]
-        rows = []
-        for t in results["targets"]:
-            said = t.get("verdict") or ("met" if t["met"] else "missed")
-            unit = t.get("unit", "")
-            interval = f"{_f(t['ci95'][0], 2)} to {_f(t['ci95'][1], 2)} {unit}" if t.get("ci95") else "–"
-            shown = said if said == "met" else f"**{said}**"
-            rows.append([t["name"], f"{t['goal']} {unit}", f"{_f(t['measured'], 2)} {unit}", interval, shown])
-        out += [
-            rows_as_table(rows, ["target", "goal", "measured (median)", "95% interval", "verdict"]),
-            "",
-            "A verdict is *met* when the median is on the goal's side, *missed* when the whole 95% bootstrap interval "
-            "is on the wrong side, and *inconclusive* when the interval straddles the goal: the machine's noise is "
-            "then larger than the distance to the goal.",
-            "",
-        ]
+        out += ["### Targets", "", targets_table(results["targets"]), "", VERDICT_RULE, ""]
         image = next((t for t in results["targets"] if t["name"].startswith("images: served adds")), None)
         if image:
             d = image["detail"]
@@ -173,12 +146,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"The 64² figure is the serving overhead measured without the denoising's own noise: per call, wall "
                 f'time minus the denoising time (the model\'s `diffusion_seconds_total{{phase="denoise"}}` moves by '
                 f"exactly that call's), served minus bare, median of paired rounds "
-                f"(95% CI {_f(d['non_denoise_ci95_ms'][0])} to {_f(d['non_denoise_ci95_ms'][1])} ms): Triton's share "
-                f"{_f(d['triton_share_ms'])} ms, the frontend's {_f(d['frontend_share_ms'])} ms. The plain "
-                f"end-to-end p50 difference was {_f(d['end_to_end_p50_difference_ms'])} ms (paired median "
-                f"{_f(d['end_to_end_paired_median_ms'])} ms, CI {_f(d['end_to_end_ci95_ms'][0])} to "
-                f"{_f(d['end_to_end_ci95_ms'][1])} ms), and the denoising itself ran "
-                f"{_f(d['served_denoise_time_ratio_vs_bare'], 3)}x as long inside the Triton stub as in-process.",
+                f"(95% CI {number(d['non_denoise_ci95_ms'][0])} to {number(d['non_denoise_ci95_ms'][1])} ms): "
+                f"Triton's share "
+                f"{number(d['triton_share_ms'])} ms, the frontend's {number(d['frontend_share_ms'])} ms. The plain "
+                f"end-to-end p50 difference was {number(d['end_to_end_p50_difference_ms'])} ms (paired median "
+                f"{number(d['end_to_end_paired_median_ms'])} ms, CI {number(d['end_to_end_ci95_ms'][0])} to "
+                f"{number(d['end_to_end_ci95_ms'][1])} ms), and the denoising itself ran "
+                f"{number(d['served_denoise_time_ratio_vs_bare'], 3)}x as long inside the Triton stub as in-process.",
                 "",
             ]
         load = results.get("load", {})
@@ -189,19 +163,20 @@ def markdown(results: dict[str, Any]) -> str:
             def denoise_ms(path: str) -> str:
                 rows = [b["raw"]["triton"] for b in load["blocks"] if b["path"] == path and b["concurrency"] == 4]
                 per = [t["denoise_s"] / t["success"] * 1000 for t in rows if t.get("success")]
-                return _f(median(per)) if per else "–"
+                return number(median(per)) if per else "–"
 
             images_per_request = load.get("images_per_request", 1)
 
             def bare_ms(rates: list[float]) -> str:
-                return _f(1000 * images_per_request / median(rates)) if rates else "–"
+                return number(1000 * images_per_request / median(rates)) if rates else "–"
 
             out += [
                 "The concurrency-4 figure is served images/s over the bare loop's, blocks alternating: median of "
-                f"{target['n']} per-pair ratios {_f(target['median'], 3)} (range {_f(target['min'], 2)} to "
-                f"{_f(target['max'], 2)}; ratio of the medians {_f(target['ratio_of_medians'], 3)}). The control "
+                f"{target['n']} per-pair ratios {number(target['median'], 3)} (range {number(target['min'], 2)} to "
+                f"{number(target['max'], 2)}; ratio of the medians {number(target['ratio_of_medians'], 3)}). "
+                "The control "
                 "runs the same comparison with the engine on one torch thread, bare and served, which leaves the "
-                f"serving path a core: served/bare {_f(control['median'], 3)} (median of {control['n']} pairs). "
+                f"serving path a core: served/bare {number(control['median'], 3)} (median of {control['n']} pairs). "
                 "The model's own denoising per request at concurrency 4 was "
                 f"{denoise_ms('frontend, 1 instance')} ms (two threads) and "
                 f"{denoise_ms('frontend, 1 instance x 1 thread')} ms (one thread), against "
@@ -229,18 +204,18 @@ def markdown(results: dict[str, Any]) -> str:
                 [
                     item.get("label", key),
                     item["rounds"],
-                    f"{_f(item['bare']['wall']['p50'])} / {_f(item['bare']['wall']['p95'])}",
-                    f"{_f(item['triton']['wall']['p50'])} / {_f(item['triton']['wall']['p95'])}",
-                    f"{_f(item['served']['wall']['p50'])} / {_f(item['served']['wall']['p95'])}",
-                    _f(d["served_minus_bare"]["wall"]["difference_of_medians"]),
+                    f"{number(item['bare']['wall']['p50'])} / {number(item['bare']['wall']['p95'])}",
+                    f"{number(item['triton']['wall']['p50'])} / {number(item['triton']['wall']['p95'])}",
+                    f"{number(item['served']['wall']['p50'])} / {number(item['served']['wall']['p95'])}",
+                    number(d["served_minus_bare"]["wall"]["difference_of_medians"]),
                     _ci(d["served_minus_bare"]["other"]),
                     _ci(d["triton_minus_bare"]["other"]),
                     _ci(d["served_minus_triton"]["other"]),
-                    _f(item["gen_ratio_vs_bare"]["served"]["median"], 3),
+                    number(item["gen_ratio_vs_bare"]["served"]["median"], 3),
                 ]
             )
         out += [
-            rows_as_table(
+            markdown_table(
                 rows,
                 [
                     "workload",
@@ -265,10 +240,10 @@ def markdown(results: dict[str, Any]) -> str:
                     [
                         item.get("label", key),
                         path,
-                        _f(p["gen"]["p50"]),
-                        _f(p["in_model_not_denoise"]["p50"]),
-                        _f(p["outside_model"]["p50"]),
-                        _f(p["queue"]["p50"], 2),
+                        number(p["gen"]["p50"]),
+                        number(p["in_model_not_denoise"]["p50"]),
+                        number(p["outside_model"]["p50"]),
+                        number(p["queue"]["p50"], 2),
                     ]
                 )
             if "encode" in item["bare"]:
@@ -276,8 +251,8 @@ def markdown(results: dict[str, Any]) -> str:
                     [
                         item.get("label", key),
                         "bare",
-                        _f(item["bare"]["gen"]["p50"]),
-                        _f(item["bare"]["encode"]["p50"]),
+                        number(item["bare"]["gen"]["p50"]),
+                        number(item["bare"]["encode"]["p50"]),
                         "–",
                         "–",
                     ]
@@ -288,7 +263,9 @@ def markdown(results: dict[str, Any]) -> str:
             "counts as outside); everything outside the model (gRPC, Triton's core, the frontend, HTTP); Triton "
             "queue time.",
             "",
-            rows_as_table(rows, ["workload", "path", "denoise", "in model, not denoise", "outside the model", "queue"]),
+            markdown_table(
+                rows, ["workload", "path", "denoise", "in model, not denoise", "outside the model", "queue"]
+            ),
             "",
         ]
     load = results.get("load", {})
@@ -302,7 +279,7 @@ def markdown(results: dict[str, Any]) -> str:
             "with one instance and with two (`instances_per_gpu=2`: two CPU instances), each two either with "
             "torch's default threads (one per core, so the two oversubscribe the cores) or with `cpu_threads` "
             "splitting the cores between them. Bare loop: the engine and encoder back to back in-process, "
-            f"{_f(load['bare_loop']['images_per_s'], 2)} images/s (median of {load['bare_loop']['n']} blocks). "
+            f"{number(load['bare_loop']['images_per_s'], 2)} images/s (median of {load['bare_loop']['n']} blocks). "
             "Throughput counts from the first completion to the last (the start-up of a short block left out); "
             "latency is per request, as the client saw it. Queue: Triton's queue time per request (mean). "
             "req/execute: requests the dynamic batcher handed one `execute` call. Errors: failed requests "
@@ -313,18 +290,18 @@ def markdown(results: dict[str, Any]) -> str:
             [
                 r["path"],
                 r["concurrency"],
-                _f(r["images_per_s"], 2),
-                _f(r["p50_ms"], 0),
-                _f(r["p95_ms"], 0),
-                _f(r.get("queue_ms"), 0),
-                _f(r.get("requests_per_execution"), 2),
+                number(r["images_per_s"], 2),
+                number(r["p50_ms"], 0),
+                number(r["p95_ms"], 0),
+                number(r.get("queue_ms"), 0),
+                number(r.get("requests_per_execution"), 2),
                 r["errors"],
                 r.get("n", 1),
             ]
             for r in load["sweep"]
         ]
         out += [
-            rows_as_table(
+            markdown_table(
                 rows,
                 ["path", "concurrency", "images/s", "p50 ms", "p95 ms", "queue ms", "req/execute", "errors", "runs"],
             ),
@@ -334,9 +311,10 @@ def markdown(results: dict[str, Any]) -> str:
         if cpu:
             out += [
                 "CPU the serving path spent per request beside the model (frontend, one instance, concurrency 4, "
-                f"median of {cpu['n']} blocks): frontend {_f(cpu['frontend'])} ms, tritonserver "
-                f"{_f(cpu['tritonserver'])} ms, the benchmark's own HTTP client {_f(cpu['client'])} ms, against "
-                f"{_f(load['bare_loop'].get('latency_ms', {}).get('p50'), 0)} ms of engine time per request (bare) on "
+                f"median of {cpu['n']} blocks): frontend {number(cpu['frontend'])} ms, tritonserver "
+                f"{number(cpu['tritonserver'])} ms, the benchmark's own HTTP client {number(cpu['client'])} ms, "
+                f"against {number(load['bare_loop'].get('latency_ms', {}).get('p50'), 0)} ms of engine time per "
+                "request (bare) on "
                 f"{results['machine']['cpus']} cores that the engine otherwise has to itself.",
                 "",
             ]
@@ -349,8 +327,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "### Encoding, as a fraction of the generation it follows",
             "",
-            "This machine's CPU, `diffusion_runtime.media` encoders; generation times are H100 figures from "
-            "FACTS §8 (FLUX.1-dev 1024² 28 steps 5.28 s; 512² scaled by tokens, an estimate; Wan2.1-1.3B "
+            "This machine's CPU, `diffusion_runtime.media` encoders; generation times are measured on an H100 "
+            "(FLUX.1-dev 1024² 28 steps 5.28 s; 512² scaled by tokens, an estimate; Wan2.1-1.3B "
             "832×480×81 50 steps ≈ 65 s; 33 frames scaled by latent frames, an estimate). Photo: a photograph "
             "(frames pan across it); noise: uniform noise, the worst case and what random-weight models produce.",
             "",
@@ -362,8 +340,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{r['size']}²",
                     r["content"],
                     r["format"],
-                    _f(r["encode_ms"]["p50"]),
-                    _f(r["encode_ms"]["p95"]),
+                    number(r["encode_ms"]["p50"]),
+                    number(r["encode_ms"]["p95"]),
                     f"{r['bytes'] / 1024:.0f}",
                     f"{100 * r['fraction_of_generation']:.1f}%",
                 ]
@@ -374,14 +352,14 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{r['size']}×{r['frames']}",
                     r["content"],
                     "mp4",
-                    _f(r["encode_ms"]["p50"], 0),
-                    _f(r["encode_ms"]["p95"], 0),
+                    number(r["encode_ms"]["p50"], 0),
+                    number(r["encode_ms"]["p95"], 0),
                     f"{r['bytes'] / 1024:.0f}",
                     f"{100 * r['fraction_of_generation']:.1f}%",
                 ]
             )
         out += [
-            rows_as_table(rows, ["size", "content", "format", "p50 ms", "p95 ms", "KiB", "of H100 generation"]),
+            markdown_table(rows, ["size", "content", "format", "p50 ms", "p95 ms", "KiB", "of H100 generation"]),
             "",
         ]
     runs = [results[key] for key in ("dllm", "dllm_short") if results.get(key)]
@@ -404,15 +382,15 @@ def markdown(results: dict[str, Any]) -> str:
                     [
                         request,
                         path.replace("_", " "),
-                        _f(p["tokens_per_s"]["p50"], 1),
-                        _f(ratio.get("median"), 3) if ratio else "1",
-                        _f(p.get("first_block", {}).get("p50")),
-                        _f(p["wall"]["p50"]),
-                        _f(p["wall"]["p95"]),
+                        number(p["tokens_per_s"]["p50"], 1),
+                        number(ratio.get("median"), 3) if ratio else "1",
+                        number(p.get("first_block", {}).get("p50")),
+                        number(p["wall"]["p50"]),
+                        number(p["wall"]["p95"]),
                     ]
                 )
         out += [
-            rows_as_table(
+            markdown_table(
                 rows, ["request", "path", "tokens/s p50", "vs bare", "first block p50 ms", "p50 ms", "p95 ms"]
             ),
             "",

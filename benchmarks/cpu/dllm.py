@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.bench.overhead import compare_paths
-from scripts.bench.paths import BareText, Call, Served, TritonText
-from scripts.bench.stack import DLLM, SERVED_NAMES, Stack
-from scripts.bench.stats import ratio_summary, summarize
-from scripts.bench.workloads import TextJob
+from benchmarks.cpu.overhead import compare_paths
+from benchmarks.cpu.stack import DLLM, SERVED_NAMES, Stack
+from benchmarks.paths import BareText, Call, Served, TritonText
+from benchmarks.stats import paired_ratios, summarize
+from benchmarks.workloads import TextJob
 
 PATHS = ("bare", "triton", "served", "served_stream")
 
@@ -41,6 +41,6 @@ def text_benchmark(
         if firsts:
             summary[path]["first_block"] = summarize(firsts, 1000)
     summary["tokens_per_s_ratio_vs_bare"] = {
-        path: ratio_summary(tokens_per_s(records[path]), tokens_per_s(records["bare"])) for path in PATHS[1:]
+        path: paired_ratios(tokens_per_s(records[path]), tokens_per_s(records["bare"])) for path in PATHS[1:]
     }
     return summary

@@ -1,7 +1,8 @@
 """Launch presets mirroring the seed deployment's scripts (``scripts/launch/*.sh``).
 
-Each preset serves one kind of model with the seed's defaults (model, port, GPU count) through the same code
-as ``scripts/serve.sh``; everything a preset does not set can still be passed through (see ``--help``).
+Each preset serves one kind of model with the seed's defaults (model, port, GPU count) through the serve
+command (``cli.main``, what ``scripts/serve.sh`` runs); everything a preset does not set can still be passed
+through (see ``--help``). ``python -m diffusion_runtime.launcher.presets PRESET SCRIPT [options]`` runs one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from diffusion_runtime import serve
+from diffusion_runtime.launcher import cli
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def build_parser(name: str, script: str) -> argparse.ArgumentParser:
 
 def serve_arguments(name: str, args: argparse.Namespace, passthrough: list[str]) -> list[str]:
     preset = WAN_T2V[args.wan_size] if name == "t2v" else PRESETS[name]
-    slot = next(s for s in serve.SLOTS if s.flag == preset.slot)
+    slot = next(s for s in cli.SLOTS if s.flag == preset.slot)
     argv = [
         "--kinds",
         slot.kind,
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"usage: launch PRESET SCRIPT [options]; presets: {', '.join(PRESETS)}")
     name, script, rest = argv[0], argv[1], argv[2:]
     args, passthrough = build_parser(name, script).parse_known_args(rest)
-    return serve.main(serve_arguments(name, args, passthrough))
+    return cli.main(serve_arguments(name, args, passthrough))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the benchmark asks for: one request described once, turned into the bare engine's params, Triton's
+"""What the benchmarks ask for: one request described once, turned into the bare engine's params, Triton's
 input tensors and the OpenAI request body, so every path does exactly the same generation."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from diffusion_runtime.params import (
     validate_video_params,
 )
 
-PERF_INPUTS = Path(__file__).resolve().parents[2] / "benchmarks" / "perf_inputs"
+PERF_INPUTS = Path(__file__).resolve().parent / "perf_inputs"
 
 
 def _scalar(entry: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -98,7 +98,7 @@ class VideoJob:
     width: int = 64
     height: int = 64
     num_frames: int = 9
-    fps: int = 8
+    fps: int | None = 8  # None: the model's default
     steps: int = 4
     seed: int = 42
     negative_prompt: str | None = None
@@ -144,10 +144,11 @@ class VideoJob:
             "size": f"{self.width}x{self.height}",
             "response_format": "b64_json",
             "num_frames": self.num_frames,
-            "fps": self.fps,
             "num_inference_steps": self.steps,
             "seed": self.seed,
         }
+        if self.fps is not None:
+            body["fps"] = self.fps
         if self.negative_prompt:
             body["negative_prompt"] = self.negative_prompt
         if self.guidance_scale is not None:

@@ -4,8 +4,8 @@ Images are encoded by ``diffusion_runtime.media.encode_image`` exactly as the mo
 1 — the served default —, 6 — Pillow's default — and 9; JPEG and WebP at ``output_compression`` 100, OpenAI's
 default), videos by ``encode_mp4`` (H.264, yuv420p, CRF 18). Two contents: a photograph (matplotlib's sample
 portrait, resized; frames pan across it) and uniform noise, the worst case for every codec — and close to what
-randomly initialised models produce. Generation times to compare with are the H100 measurements of FACTS §8;
-sizes it does not list are scaled from them (marked as estimates).
+randomly initialised models produce. Generation times to compare with were measured on an H100 (FLUX.1-dev at
+1024², Wan2.1-1.3B at 832×480×81); other sizes are scaled from them (marked as estimates).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from scripts.bench.stats import summarize
+from benchmarks.stats import summarize
 
 IMAGE_FORMATS = (
     ("png-1", "png", 100, 1),
@@ -25,14 +25,14 @@ IMAGE_FORMATS = (
     ("jpeg", "jpeg", 100, 1),
     ("webp", "webp", 100, 1),
 )
-# H100 generation the encoding follows (FACTS §8): FLUX.1-dev 28 steps; Wan2.1-1.3B 50 steps at 832x480.
+# Generation the encoding follows, measured on an H100: FLUX.1-dev 28 steps; Wan2.1-1.3B 50 steps at 832x480.
 GPU_GENERATION_S = {
-    1024: (5.28, "FLUX.1-dev 1024², 28 steps, H100 (measured, FACTS §8)"),
+    1024: (5.28, "FLUX.1-dev 1024², 28 steps, H100 (measured)"),
     512: (5.28 / 4, "FLUX.1-dev 512², 28 steps, H100 (estimate: 1024² time x 1/4 of the tokens)"),
-    81: (65.0, "Wan2.1-1.3B 832x480x81, 50 steps, H100 (FACTS §8: 0.651 s per forward)"),
+    81: (65.0, "Wan2.1-1.3B 832x480x81, 50 steps, H100 (measured: 0.651 s per forward)"),
     33: (65.0 * 9 / 21, "Wan2.1-1.3B 832x480x33, 50 steps, H100 (estimate: 9 of 21 latent frames)"),
 }
-# What FACTS §8 measured for the same encoders on the H100 host's CPU (1024², the random-weight FLUX output).
+# The same encoders measured on the H100 host's CPU (1024², the random-weight FLUX output).
 GPU_HOST_ENCODE_S = {"png-6": 0.176, "webp": 0.259, "jpeg": 0.007}
 
 
