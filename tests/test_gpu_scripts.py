@@ -173,3 +173,17 @@ def test_system_library_dirs_stay_off_the_models_library_path(monkeypatch):
         install = processes.find_tritonserver()
         assert (libdir in install.lib_dirs) is kept
         assert install.lib_dirs[-1].endswith("nvidia_pytriton.libs")
+
+
+def test_the_source_digest_follows_the_products_code_and_nothing_else(tmp_path):
+    from scripts.gpu.host import source_digest
+
+    (tmp_path / "model_repository" / "m").mkdir(parents=True)
+    (tmp_path / "diffusion_runtime").mkdir()
+    (tmp_path / "model_repository" / "m" / "config.pbtxt").write_text('name: "m"')
+    (tmp_path / "diffusion_runtime" / "a.py").write_text("x = 1\n")
+    before = source_digest(tmp_path)
+    (tmp_path / "diffusion_runtime" / "notes.txt").write_text("not code")
+    assert source_digest(tmp_path) == before
+    (tmp_path / "diffusion_runtime" / "a.py").write_text("x = 2\n")
+    assert source_digest(tmp_path) != before

@@ -8,6 +8,7 @@ initialises CUDA beyond querying device names.
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib.util
 import os
 import platform
@@ -41,11 +42,28 @@ def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
 
+    digest = source_digest(root)
     try:
         changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
-        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed_files": len(changed)}
+        sha = git("rev-parse", "HEAD")
+        return {"sha": sha, "dirty": bool(changed), "changed_files": len(changed), "source_digest": digest}
     except (OSError, subprocess.SubprocessError) as exc:
-        return {"sha": None, "dirty": None, "error": f"not a git checkout, or no git: {exc}"}
+        return {"sha": None, "dirty": None, "error": f"not a git checkout, or no git: {exc}", "source_digest": digest}
+
+
+SOURCE_FOLDERS = ("model_repository", "diffusion_runtime", "openai_frontend")
+
+
+def source_digest(root: Path = PROJECT_ROOT) -> str:
+    """SHA-256 over the product's code as it is on disk (paths and contents of the ``.py`` and ``.pbtxt`` files
+    under ``SOURCE_FOLDERS``), so a result can be matched to a commit even where the checkout's git metadata is
+    missing or older than its files (a copied tree): ``python -m scripts.gpu.host`` prints it for a checkout."""
+    hasher = hashlib.sha256()
+    for folder in SOURCE_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in (".py", ".pbtxt") and "__pycache__" not in path.parts:
+                hasher.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return hasher.hexdigest()
 
 
 def library_versions() -> dict[str, str | None]:
@@ -122,3 +140,7 @@ def sglang_installed() -> bool:
 def command_line(module: str, arguments: Sequence[str]) -> str:
     """How a run was started, as a user would type it (no paths of the machine it ran on)."""
     return " ".join(["python", "-m", module, *arguments])
+
+
+if __name__ == "__main__":
+    print(source_digest())
