@@ -165,3 +165,78 @@ def test_responses_hold_only_the_outputs_the_client_asked_for() -> None:
     assert [t.name for t in subset.output_tensors] == ["IMAGES", "SEEDS"]
     everything = inference_response(_FakeTritonUtils, outputs, frozenset())
     assert [t.name for t in everything.output_tensors] == ["IMAGES", "SEEDS", "INFERENCE_TIME_S"]
+
+
+class _FakeStub:
+    """Just enough of ``triton_python_backend_utils`` for the shared model skeleton."""
+
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+    class TritonModelException(Exception):
+        pass
+
+    class TritonError:
+        INVALID_ARG, CANCELLED, INTERNAL = "INVALID_ARG", "CANCELLED", "INTERNAL"
+
+        def __init__(self, message: str, code: str) -> None:
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, error=None) -> None:
+            self.error = error
+
+    @staticmethod
+    def using_decoupled_model_transaction_policy(model_config: dict) -> bool:
+        return model_config.get("model_transaction_policy", {}).get("decoupled", False)
+
+
+def test_a_model_refuses_a_transaction_policy_it_was_not_written_for() -> None:
+    from diffusion_runtime.contract import IMAGE, VIDEO
+    from diffusion_runtime.triton_model import check_transaction_policy
+
+    decoupled = {"model_transaction_policy": {"decoupled": True}}
+    check_transaction_policy(_FakeStub, decoupled, VIDEO)
+    check_transaction_policy(_FakeStub, {}, IMAGE)
+    with pytest.raises(_FakeStub.TritonModelException, match="video_generation needs a decoupled"):
+        check_transaction_policy(_FakeStub, {}, VIDEO)
+    with pytest.raises(_FakeStub.TritonModelException, match="image_diffusion needs a non-decoupled"):
+        check_transaction_policy(_FakeStub, decoupled, IMAGE)
+
+
+def test_a_failed_request_is_counted_and_answered_even_when_its_stream_is_gone(caplog) -> None:
+    """The error response's send fails once the client cancelled: logged, never raised into the stub."""
+    from diffusion_runtime.contract import TEXT
+    from diffusion_runtime.errors import InvalidRequest
+    from diffusion_runtime.triton_model import DiffusionModel
+
+    class Model(DiffusionModel):
+        contract = TEXT
+        pb_utils = _FakeStub
+
+    class Metrics:
+        def __init__(self) -> None:
+            self.outcomes: list[str] = []
+
+        def request(self, outcome: str) -> None:
+            self.outcomes.append(outcome)
+
+    class Sender:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.sent = fails, []
+
+        def send(self, response, flags: int = 0) -> None:
+            if self.fails:
+                raise RuntimeError("the stream is closed")
+            self.sent.append((response, flags))
+
+    model = Model()
+    model.metrics = Metrics()
+    open_stream, closed_stream = Sender(fails=False), Sender(fails=True)
+    model.fail(open_stream, InvalidRequest("bad seed", "seed"))
+    [(response, flags)] = open_stream.sent
+    assert flags == _FakeStub.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    assert response.error.code == "INVALID_ARG" and "invalid argument [seed]" in response.error.message
+    with caplog.at_level("WARNING", logger="dllm"):
+        model.fail(closed_stream, RuntimeError("engine died"))
+    assert model.metrics.outcomes == ["InvalidRequest", "RuntimeError"]
+    assert "dllm failed" in caplog.text and "could not send the final response" in caplog.text

@@ -20,19 +20,8 @@ from diffusion_runtime.contract import TEXT
 from diffusion_runtime.dllm import TextDelta, TextEngineConfig, create_text_engine
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.params.text import TextLimits, validate_text_params
-from diffusion_runtime.triton_io import (
-    ModelMetrics,
-    cancellation_check,
-    error_for,
-    inference_response,
-    model_parameters,
-    pin_instance_device,
-    read_scalars,
-    release_before_exit,
-    requested_outputs,
-)
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+from diffusion_runtime.triton_io import cancellation_check, inference_response, requested_outputs
+from diffusion_runtime.triton_model import DiffusionModel
 
 
 def read_stop(request) -> str | list[str] | None:
@@ -62,16 +51,16 @@ def _response(delta: TextDelta, wanted: frozenset[str]):
     return inference_response(pb_utils, outputs, wanted)
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        device = pin_instance_device(args)
-        parameters = model_parameters(args)
+class TritonPythonModel(DiffusionModel):
+    contract = TEXT
+    pb_utils = pb_utils
+
+    def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = TextLimits.from_parameters(parameters)
         self.engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
-        self.metrics = ModelMetrics(pb_utils, args["model_name"])
 
     def _generate(self, request, sender) -> None:
-        settings = read_scalars(pb_utils, request, TEXT.settings)
+        settings = self.settings(request)
         # STREAM false (the frontend's non-streaming requests): one response with the whole text; each response
         # sent costs the decoder ~0.7 ms of waiting on Triton.
         stream = settings.pop("stream") is not False
@@ -84,7 +73,7 @@ class TritonPythonModel:
                 if delta.finish_reason is not None:
                     self.metrics.steps(delta.steps)
                     whole = replace(delta, text="".join(held) + delta.text)
-                    sender.send(_response(whole, wanted), flags=FINAL)
+                    sender.send(_response(whole, wanted), flags=self.final)
                     return
                 if stream:
                     sender.send(_response(delta, wanted))
@@ -101,10 +90,5 @@ class TritonPythonModel:
                 self._generate(request, sender)
                 self.metrics.request("success")
             except Exception as exc:  # one bad request never takes the others (or the stub) down
-                self.metrics.request(type(exc).__name__)
-                sender.send(pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), flags=FINAL)
+                self.fail(sender, exc)
         return None
-
-    def finalize(self):
-        self.engine.close()
-        release_before_exit(self.metrics)

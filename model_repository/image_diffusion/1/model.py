@@ -29,7 +29,6 @@ On a CPU the same freeing without the GIL went unpunished in every test; it is u
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,20 +40,9 @@ from diffusion_runtime.engines import EngineConfig, create_image_engine
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.media import decode_input_image, edit_mask, encode_image, fit_image
 from diffusion_runtime.params import ImageLimits, ImageParams, validate_image_params
-from diffusion_runtime.triton_io import (
-    ModelMetrics,
-    cancellation_check,
-    error_for,
-    inference_response,
-    model_parameters,
-    pin_instance_device,
-    read_bytes,
-    read_scalars,
-    release_before_exit,
-    requested_outputs,
-)
+from diffusion_runtime.triton_io import cancellation_check, inference_response, read_bytes, requested_outputs
+from diffusion_runtime.triton_model import DiffusionModel
 
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Up to this many pixels (all images of a request) the files are encoded and answered within ``execute``: about
 # a millisecond of encoding, no more than the hand-off to the encoder thread costs a lone request (0.4 ms more at
 # 64x64). Real generation sizes are far above it, so their encoding never holds up the next denoise.
@@ -71,15 +59,15 @@ class Generated:
     outputs: frozenset[str]  # what the client asked for: the response holds exactly these
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        device = pin_instance_device(args)
-        parameters = model_parameters(args)
+class TritonPythonModel(DiffusionModel):
+    contract = IMAGE
+    pb_utils = pb_utils
+    encode_threads = 2
+
+    def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = ImageLimits.from_parameters(parameters)
         self.png_level = int(parameters.get("png_compress_level") or 1)
         self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
-        self.encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
-        self.metrics = ModelMetrics(pb_utils, args["model_name"])
 
     def _encode(self, images: list[np.ndarray], params: ImageParams) -> tuple[list[bytes], float]:
         start = time.perf_counter()
@@ -89,7 +77,7 @@ class TritonPythonModel:
         return files, time.perf_counter() - start
 
     def _generate(self, request) -> Generated:
-        params = validate_image_params(self.limits, **read_scalars(pb_utils, request, IMAGE.settings))
+        params = validate_image_params(self.limits, **self.settings(request))
         image, mask = edit_inputs(request, params)
         start = time.perf_counter()
         images = self.engine.generate(params, cancellation_check(request), image, mask)
@@ -103,7 +91,7 @@ class TritonPythonModel:
             files, encode_s = self._encode(generated.images, generated.params)
             response, outcome = _response(generated, files), "success"
         except Exception as exc:
-            response, outcome = pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), type(exc).__name__
+            response, outcome = self.error_response(exc), type(exc).__name__
         self.encoder.submit(self._record, outcome, generated, encode_s)
         return response
 
@@ -116,7 +104,7 @@ class TritonPythonModel:
 
     def _send_later(self, sender, generated: Generated) -> None:
         """On the encoder thread, after ``execute`` returned: encode, then the request's one (final) response."""
-        sender.send(self._answer(generated), flags=FINAL)
+        self.send_final(sender, self._answer(generated))
 
     def execute(self, requests):
         results: list[Any] = []  # a response, or what is left to encode after execute returns
@@ -125,7 +113,7 @@ class TritonPythonModel:
                 generated = self._generate(request)
             except Exception as exc:  # one bad request never takes the others (or the stub) down
                 self.encoder.submit(self._record, type(exc).__name__, None, 0.0)
-                results.append(pb_utils.InferenceResponse(error=error_for(pb_utils, exc)))
+                results.append(self.error_response(exc))
                 continue
             params = generated.params
             small = params.width * params.height * params.n <= INLINE_ENCODE_PIXELS
@@ -138,13 +126,8 @@ class TritonPythonModel:
             if isinstance(result, Generated):
                 self.encoder.submit(self._send_later, sender, result)
             else:
-                sender.send(result, flags=FINAL)
+                self.send_final(sender, result)
         return None
-
-    def finalize(self):
-        self.encoder.shutdown(wait=True)
-        self.engine.close()
-        release_before_exit(self.metrics)
 
 
 def edit_inputs(request, params: ImageParams):

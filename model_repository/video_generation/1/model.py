@@ -8,9 +8,7 @@ Every failure, cancellation included, ends the request's stream with an error re
 
 from __future__ import annotations
 
-import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -18,53 +16,34 @@ from PIL import Image
 
 from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.engines import EngineConfig, StepHook, create_video_engine
-from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
+from diffusion_runtime.errors import GenerationCancelled
 from diffusion_runtime.media import decode_input_image, encode_mp4, fit_image
 from diffusion_runtime.params import VideoLimits, VideoParams, validate_video_params
 from diffusion_runtime.params.video import check_video_mode
-from diffusion_runtime.triton_io import (
-    ModelMetrics,
-    cancellation_check,
-    error_for,
-    inference_response,
-    model_parameters,
-    pin_instance_device,
-    read_bytes,
-    read_scalars,
-    release_before_exit,
-    requested_outputs,
-)
-
-log = logging.getLogger("video_generation")
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+from diffusion_runtime.triton_io import cancellation_check, inference_response, read_bytes, requested_outputs
+from diffusion_runtime.triton_model import DiffusionModel
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        device = pin_instance_device(args)
-        parameters = model_parameters(args)
+class TritonPythonModel(DiffusionModel):
+    contract = VIDEO
+    pb_utils = pb_utils
+    encode_threads = 2
+
+    def load(self, parameters: dict[str, str], device: str) -> None:
         self.mode = (parameters.get("video_mode") or "t2v").lower()
         check_video_mode(self.mode, self.mode == "i2v")  # an unknown mode stops the model from loading
         self.limits = VideoLimits.from_parameters(parameters)
         self.crf = int(parameters.get("mp4_crf") or 18)
         self.engine = create_video_engine(EngineConfig.from_parameters(parameters, device))
-        self.encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
-        self.metrics = ModelMetrics(pb_utils, args["model_name"])
 
     def execute(self, requests):
         for request in requests:
             self._generate(request, request.get_response_sender())
         return None
 
-    def finalize(self):
-        self.encoder.shutdown(wait=True)
-        self.engine.close()
-        release_before_exit(self.metrics)
-
     def _generate(self, request, sender) -> None:
         try:
-            params = validate_video_params(self.limits, **read_scalars(pb_utils, request, VIDEO.settings))
+            params = validate_video_params(self.limits, **self.settings(request))
             image = self._input_image(read_bytes(pb_utils, request, "INPUT_IMAGE"), params)
             wanted = requested_outputs(request)
             progress = StepProgress(request, sender, wanted)
@@ -77,7 +56,7 @@ class TritonPythonModel:
                 self.metrics.steps(progress.done)
             self.encoder.submit(self._finish, request, sender, wanted, params, frames, elapsed)
         except Exception as exc:  # one bad request never takes the stub down
-            self._fail(sender, exc)
+            self.fail(sender, exc)
 
     def _input_image(self, data: bytes | None, params: VideoParams) -> Image.Image | None:
         """The conditioning image an i2v model needs, fitted to the requested size."""
@@ -104,19 +83,10 @@ class TritonPythonModel:
                 "NUM_FRAMES": np.array([len(frames)], dtype=np.int32),
                 "INFERENCE_TIME_S": np.array([elapsed], dtype=np.float32),
             }
-            sender.send(inference_response(pb_utils, outputs, wanted), flags=FINAL)
+            sender.send(inference_response(pb_utils, outputs, wanted), flags=self.final)
             self.metrics.request("success")
         except Exception as exc:
-            self._fail(sender, exc)
-
-    def _fail(self, sender, exc: BaseException) -> None:
-        self.metrics.request(type(exc).__name__)
-        if not isinstance(exc, (InvalidRequest, GenerationCancelled)):
-            log.error("video generation failed", exc_info=exc)
-        try:
-            sender.send(pb_utils.InferenceResponse(error=error_for(pb_utils, exc)), flags=FINAL)
-        except Exception:  # the stream is gone (e.g. cancelled): nothing left to tell
-            log.warning("could not send the error response for %s: %s", type(exc).__name__, exc)
+            self.fail(sender, exc)
 
 
 class StepProgress:
