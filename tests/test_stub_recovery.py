@@ -96,11 +96,12 @@ async def generate(backend: TritonBackend) -> str | OpenAIError:
         return exc
 
 
-async def until(predicate, timeout: float = 5.0) -> None:
+async def until(predicate, timeout: float = 5.0, poll_s: float = 0.01) -> None:
+    """Poll ``predicate`` (other tasks run between polls) until it holds, failing after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(poll_s)
 
 
 def test_a_dead_model_gets_one_reload_and_503_with_retry_after_until_it_is_back(caplog) -> None:
