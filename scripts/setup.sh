@@ -30,8 +30,8 @@ if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi
 
-# --- The virtualenv, keyed by requirements.txt and the parts of pyproject.toml that say what to install, so an
-# edit there triggers a reinstall (and an edit to, say, the linter's settings does not).
+# --- The virtualenv, keyed by this checkout's path, requirements.txt and the parts of pyproject.toml that say what
+# to install, so an edit there (or another clone) triggers a reinstall, and an edit to the linter's settings does not.
 stamp="$TD_VENV/.requirements.sha256"
 if [ ! -x "$TD_VENV/bin/python" ]; then
   log "creating the virtualenv $TD_VENV (one per machine, shared by every checkout; TD_VENV moves it)"
@@ -48,7 +48,8 @@ try:
     text = json.dumps([data.get("build-system"), data.get("project"), data.get("tool", {}).get("setuptools")])
 except ImportError:  # Python 3.10: the whole file
     pass
-print(hashlib.sha256(((root / "requirements.txt").read_text() + text).encode()).hexdigest())
+# The checkout's path too: the editable install points at one checkout, and another clone must re-point it.
+print(hashlib.sha256((str(root.resolve()) + (root / "requirements.txt").read_text() + text).encode()).hexdigest())
 PY
 )
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
