@@ -292,3 +292,29 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def two_servers(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[tuple[list[TritonServer], Frontend, Path]]:
+    """Two tritonservers over one repository with the tiny image model, and one frontend in front of both."""
+    repository = render_repository([tiny_image_spec(tiny_models, "diffusers")], tmp_path / "repo", gpus=[])
+    servers = [
+        TritonServer(repository, log_file=tmp_path / f"triton{i}.log", env={"HF_HUB_OFFLINE": "1"}) for i in range(2)
+    ]
+    frontend = Frontend(
+        servers,
+        fs_url=f"file://{tmp_path}/media",
+        log_file=tmp_path / "frontend.log",
+        extra_args=("--state-dir", str(tmp_path / "state")),
+    )
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        frontend.start().wait_ready()
+        yield servers, frontend, repository
+    finally:
+        frontend.stop()
+        for server in servers:
+            server.stop()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from diffusion_runtime.launcher.processes import Frontend, TritonServer
-from diffusion_runtime.launcher.repository import render_repository
-from tests.conftest import metric_value, tiny_image_spec, wait_for
+from diffusion_runtime.launcher.processes import TritonServer
+from tests.conftest import metric_value, wait_for
 
 pytestmark = pytest.mark.e2e  # starts two tritonservers and the frontend
 
@@ -25,31 +22,6 @@ def served(server: TritonServer) -> float:
     except httpx.HTTPError:
         return 0.0
     return metric_value(text, "nv_inference_request_success", model="image_diffusion")
-
-
-@pytest.fixture
-def two_servers(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[tuple[list[TritonServer], Frontend, Path]]:
-    repository = render_repository([tiny_image_spec(tiny_models, "diffusers")], tmp_path / "repo", gpus=[])
-    servers = [
-        TritonServer(repository, log_file=tmp_path / f"triton{i}.log", env={"HF_HUB_OFFLINE": "1"}) for i in range(2)
-    ]
-    frontend = Frontend(
-        servers,
-        fs_url=f"file://{tmp_path}/media",
-        log_file=tmp_path / "frontend.log",
-        extra_args=("--state-dir", str(tmp_path / "state")),
-    )
-    try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_ready()
-        frontend.start().wait_ready()
-        yield servers, frontend, repository
-    finally:
-        frontend.stop()
-        for server in servers:
-            server.stop()
 
 
 def test_requests_spread_survive_a_dead_server_and_return_to_a_revived_one(two_servers) -> None:

@@ -20,11 +20,9 @@ import httpx
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from diffusion_runtime.launcher.processes import Frontend, TritonServer
-from diffusion_runtime.launcher.repository import render_repository
 from openai_frontend.errors import OpenAIError
 from openai_frontend.triton import TritonBackend
-from tests.conftest import tiny_image_spec, wait_for
+from tests.conftest import wait_for
 from tests.test_faults import BACK_WITHIN_S, probe, stub_of
 
 IMAGE = "image_diffusion"
@@ -220,46 +218,25 @@ def test_a_server_without_model_control_is_told_once_and_still_tried(caplog) -> 
 
 
 @pytest.mark.e2e  # starts two tritonservers and the frontend
-def test_with_two_servers_the_other_serves_and_only_the_failed_one_reloads(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    repository = render_repository([tiny_image_spec(tiny_models, "diffusers")], tmp_path / "repo", gpus=[])
-    servers = [
-        TritonServer(repository, log_file=tmp_path / f"triton{i}.log", env={"HF_HUB_OFFLINE": "1"}) for i in range(2)
-    ]
-    frontend = Frontend(
-        servers,
-        fs_url=f"file://{tmp_path}/media",
-        log_file=tmp_path / "frontend.log",
-        extra_args=("--state-dir", str(tmp_path / "state")),
-    )
-    try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_ready()
-        frontend.start().wait_ready()
-        healthy, broken = servers
-        healthy_stub, dead_stub = stub_of(healthy, IMAGE), stub_of(broken, IMAGE)
-        assert healthy_stub is not None and dead_stub is not None
-        dead_stub.kill()
-        killed = time.monotonic()
-        # Every request succeeds: the one that finds the dead stub moves on to the other server.
-        probes = [probe(frontend.url) for _ in range(6)]
-        assert [p.status for p in probes] == [200] * 6, probes
+def test_with_two_servers_the_other_serves_and_only_the_failed_one_reloads(two_servers, tmp_path: Path) -> None:
+    servers, frontend, _ = two_servers
+    healthy, broken = servers
+    healthy_stub, dead_stub = stub_of(healthy, IMAGE), stub_of(broken, IMAGE)
+    assert healthy_stub is not None and dead_stub is not None
+    dead_stub.kill()
+    killed = time.monotonic()
+    # Every request succeeds: the one that finds the dead stub moves on to the other server.
+    probes = [probe(frontend.url) for _ in range(6)]
+    assert [p.status for p in probes] == [200] * 6, probes
 
-        def reloaded() -> bool:
-            stub = stub_of(broken, IMAGE)
-            ready = httpx.get(f"{frontend.url}/health/ready", timeout=10).json()["triton"][broken.grpc_url]
-            return stub is not None and stub.pid != dead_stub.pid and ready["models"][IMAGE] == "READY"
+    def reloaded() -> bool:
+        stub = stub_of(broken, IMAGE)
+        ready = httpx.get(f"{frontend.url}/health/ready", timeout=10).json()["triton"][broken.grpc_url]
+        return stub is not None and stub.pid != dead_stub.pid and ready["models"][IMAGE] == "READY"
 
-        wait_for(reloaded, timeout=BACK_WITHIN_S - (time.monotonic() - killed), interval=1.0, message="the reload")
-        untouched = stub_of(healthy, IMAGE)
-        assert untouched is not None and untouched.pid == healthy_stub.pid, "the healthy server's model is left alone"
-        log = (tmp_path / "frontend.log").read_text()
-        assert f"reloading model image_diffusion on Triton at {broken.grpc_url}" in log
-        assert f"on Triton at {healthy.grpc_url}" not in log
-    finally:
-        frontend.stop()
-        for server in servers:
-            server.stop()
+    wait_for(reloaded, timeout=BACK_WITHIN_S - (time.monotonic() - killed), interval=1.0, message="the reload")
+    untouched = stub_of(healthy, IMAGE)
+    assert untouched is not None and untouched.pid == healthy_stub.pid, "the healthy server's model is left alone"
+    log = (tmp_path / "frontend.log").read_text()
+    assert f"reloading model image_diffusion on Triton at {broken.grpc_url}" in log
+    assert f"on Triton at {healthy.grpc_url}" not in log

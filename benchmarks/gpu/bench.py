@@ -208,6 +208,25 @@ def ensure_model(settings: Settings, kind: str, results: ResultsFile) -> Path:
 # --- phases ------------------------------------------------------------------------------------------------------
 
 
+def latency_record(
+    pairs: int, served_s: list[float], bare_s: list[float], bare_engine_s: list[float], bare_encode_s: list[float]
+) -> dict[str, Any]:
+    """The timings of interleaved served/bare pairs and their summaries, as every latency phase records them."""
+    return {
+        "pairs": pairs,
+        "served_s": served_s,
+        "bare_s": bare_s,
+        "bare_engine_s": bare_engine_s,
+        "bare_encode_s": bare_encode_s,
+        "served": summarize(served_s),
+        "bare": summarize(bare_s),
+        "bare_engine": summarize(bare_engine_s),
+        "bare_encode": summarize(bare_encode_s),
+        "served_over_bare": ratio_of_medians(served_s, bare_s),
+        "served_over_bare_paired": paired_ratios(served_s, bare_s),
+    }
+
+
 def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     from diffusion_runtime.launcher.repository import ModelSpec
 
@@ -275,17 +294,7 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
                 (settings.work / f"sample-image-{engine}.png").write_bytes(served_file)
         metrics_after = served.metrics()
         latency = {
-            "pairs": pairs,
-            "served_s": served_s,
-            "bare_s": bare_s,
-            "bare_engine_s": bare_engine_s,
-            "bare_encode_s": bare_encode_s,
-            "served": summarize(served_s),
-            "bare": summarize(bare_s),
-            "bare_engine": summarize(bare_engine_s),
-            "bare_encode": summarize(bare_encode_s),
-            "served_over_bare": ratio_of_medians(served_s, bare_s),
-            "served_over_bare_paired": paired_ratios(served_s, bare_s),
+            **latency_record(pairs, served_s, bare_s, bare_engine_s, bare_encode_s),
             "served_minus_bare_median_s": median(served_s) - median(bare_s),
             "identical_files": same,
             "file_bytes": sizes,
@@ -421,17 +430,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
             if index == 0:
                 (settings.work / f"sample-video-{engine}.mp4").write_bytes(served_file)
         latency = {
-            "pairs": pairs,
-            "served_s": served_s,
-            "bare_s": bare_s,
-            "bare_engine_s": bare_engine_s,
-            "bare_encode_s": bare_encode_s,
-            "served": summarize(served_s),
-            "bare": summarize(bare_s),
-            "bare_engine": summarize(bare_engine_s),
-            "bare_encode": summarize(bare_encode_s),
-            "served_over_bare": ratio_of_medians(served_s, bare_s),
-            "served_over_bare_paired": paired_ratios(served_s, bare_s),
+            **latency_record(pairs, served_s, bare_s, bare_engine_s, bare_encode_s),
             "identical_files": same,
             "file_bytes": sizes,
             "served_model_metrics_delta": counter_increase(metrics_before, served.metrics()),
