@@ -240,3 +240,22 @@ def test_a_failed_request_is_counted_and_answered_even_when_its_stream_is_gone(c
         model.fail(closed_stream, RuntimeError("engine died"))
     assert model.metrics.outcomes == ["InvalidRequest", "RuntimeError"]
     assert "dllm failed" in caplog.text and "could not send the final response" in caplog.text
+
+
+def test_sglang_transformer_that_cannot_be_imported_is_named_at_load(tmp_path: Path) -> None:
+    """SGLang itself only logs such an import failure and runs diffusers' transformer instead: the engine names it.
+    The folder's transformer class is registered with SGLang's own extension API, pointing at a missing module."""
+    from sglang.multimodal_gen.runtime.models.registry import ModelRegistry
+
+    from diffusion_runtime.engines.sglang_engine import native_transformer_problem
+
+    ModelRegistry.register_model("TdTransformerWithMissingKernels", "td_kernels_not_installed.dit:Transformer")
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "WanPipeline", "transformer": ["diffusers", "TdTransformerWithMissingKernels"]})
+    )
+    problem = native_transformer_problem(str(tmp_path))
+    assert problem is not None and "No module named 'td_kernels_not_installed'" in problem
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "NoClassSGLangHas"]}))
+    assert native_transformer_problem(str(tmp_path)) is None  # diffusers' class is SGLang's own choice then
+    assert native_transformer_problem(str(tmp_path / "no-such-folder")) is None

@@ -13,6 +13,8 @@ What SGLang does not give us, and how it is made up for here:
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
 import tempfile
@@ -56,6 +58,33 @@ def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
         kwargs["sleep_on_idle"] = True
     kwargs.update(json_object(config.sglang_args, "sglang_args"))
     return kwargs
+
+
+def native_transformer_problem(model_path: str) -> str | None:
+    """Why SGLang's own class for the folder's transformer cannot be imported here, or None when it can (or when
+    SGLang has no class of its own for it).
+
+    SGLang only logs such an import error and then loads diffusers' class in its place: another model code, and
+    one its pipelines do not always fit (observed on an H200 without ``nvidia-cutlass-dsl``, whose CuTe-DSL
+    kernels SGLang's Wan transformer imports: text-to-video ran on diffusers' transformer unnoticed, and
+    image-to-video failed at its first step with "'list' object has no attribute 'dtype'"). Importing the module
+    the way SGLang's registry would surfaces the cause at load instead."""
+    try:
+        with open(os.path.join(model_path, "model_index.json")) as index:
+            library_and_class = json.load(index).get("transformer") or [None, None]
+    except (OSError, ValueError):
+        return None
+    from sglang.multimodal_gen.runtime.models.registry import ModelRegistry
+
+    registered = ModelRegistry.registered_models.get(library_and_class[1])
+    module_name = getattr(registered, "module_name", None)
+    if module_name is None:
+        return None
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:  # whatever stops SGLang's own import stops it here too
+        return f"{library_and_class[1]} ({module_name}): {type(exc).__name__}: {exc}"
+    return None
 
 
 def result_frames(result: Any) -> np.ndarray:
@@ -141,6 +170,14 @@ class _SGLangEngine:
         from sglang.multimodal_gen import DiffGenerator
 
         self.config = config
+        if config.sglang_backend == "sglang" and config.device.startswith("cuda"):  # the failing imports are CUDA-only
+            problem = native_transformer_problem(config.model_path)
+            if problem is not None:
+                raise EngineFailure(
+                    f"SGLang's own transformer cannot be imported on this host, so SGLang would run diffusers' "
+                    f"in its place: {problem}. Install what it names (SGLang's Wan kernels need "
+                    f"nvidia-cutlass-dsl, part of sglang[diffusion]) or set sglang_backend to 'diffusers'"
+                )
         kwargs = generator_kwargs(config)
         # Several generators start at once in one tritonserver (two SGLang models, or instance_group count > 1),
         # and SGLang picks its ports from fixed defaults (HTTP 30000, torch.distributed master 30005, scheduler
