@@ -78,9 +78,9 @@ def test_http_infer_returns_encoded_images_and_seeds(triton: TritonServer) -> No
     assert result.as_numpy("INFERENCE_TIME_S")[0] > 0
 
 
-def test_a_request_for_some_outputs_gets_those_from_both_answer_paths(triton: TritonServer) -> None:
-    """Small images are answered within ``execute``, larger ones from the encoder thread; either way a client that
-    names its outputs gets exactly those, and the model keeps answering (the thread path once killed the stub)."""
+def test_a_request_for_some_outputs_gets_exactly_those(triton: TritonServer) -> None:
+    """Images are answered from the encoder thread; a client that names its outputs gets exactly those, at every
+    size, and the model keeps answering (answering a subset from that thread once killed the stub on a GPU)."""
     with grpcclient.InferenceServerClient(triton.grpc_url) as client:
         for size in (64, 256, 64):
             inputs = image_request(

@@ -1,13 +1,12 @@
 """Triton glue for text-to-image: tensors in, one engine call, encoded files out.
 
 One request per ``execute`` (``max_batch_size: 0``, no dynamic batcher: see the config). ``execute`` denoises;
-the files are encoded and the response sent through the request's response sender (allowed for non-decoupled
-models: exactly one final response per request). Large outputs are encoded on a worker thread after
-``execute`` returns, so the instance starts the next request while the last one encodes; small ones
-(``INLINE_ENCODE_PIXELS``) within ``execute``, where the encoding costs less than the hand-off would.
+the files are encoded on the encoder thread after ``execute`` returns, so the instance starts the next request
+while the last one encodes, and the one final response goes through the request's response sender (allowed for
+non-decoupled models).
 
 Responses hold exactly the outputs the request asked for (``triton_io.inference_response``). Until they did, every
-image above ``INLINE_ENCODE_PIXELS`` killed this model's stub on a ``KIND_GPU`` instance (H200, 2026-12-01): the
+image answered from the encoder thread killed this model's stub on a ``KIND_GPU`` instance (H200, 2026-12-01): the
 client waited forever, and the next request got "Stub process ... is not healthy". The cause, bisected on that
 GPU with variants of this file behind one tritonserver:
 - The OpenAI frontend asks for ``IMAGES`` and ``SEEDS`` only. Triton 24.10's Python backend removes the other
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -42,11 +40,6 @@ from diffusion_runtime.media import decode_input_image, edit_mask, encode_image,
 from diffusion_runtime.params import ImageLimits, ImageParams, validate_image_params
 from diffusion_runtime.triton_io import cancellation_check, inference_response, read_bytes, requested_outputs
 from diffusion_runtime.triton_model import DiffusionModel
-
-# Up to this many pixels (all images of a request) the files are encoded and answered within ``execute``: about
-# a millisecond of encoding, no more than the hand-off to the encoder thread costs a lone request (0.4 ms more at
-# 64x64). Real generation sizes are far above it, so their encoding never holds up the next denoise.
-INLINE_ENCODE_PIXELS = 128 * 128
 
 
 @dataclass(frozen=True)
@@ -69,13 +62,6 @@ class TritonPythonModel(DiffusionModel):
         self.png_level = int(parameters.get("png_compress_level") or 1)
         self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
 
-    def _encode(self, images: list[np.ndarray], params: ImageParams) -> tuple[list[bytes], float]:
-        start = time.perf_counter()
-        files = [
-            encode_image(image, params.output_format, params.output_compression, self.png_level) for image in images
-        ]
-        return files, time.perf_counter() - start
-
     def _generate(self, request) -> Generated:
         params = validate_image_params(self.limits, **self.settings(request))
         image, mask = edit_inputs(request, params)
@@ -83,51 +69,33 @@ class TritonPythonModel(DiffusionModel):
         images = self.engine.generate(params, cancellation_check(request), image, mask)
         return Generated(params, images, time.perf_counter() - start, requested_outputs(request))
 
-    def _answer(self, generated: Generated):
-        """Encode and build the response (an error response if encoding fails), then count it off the request's
-        path: each custom-metric update is a round trip to the Triton process."""
-        encode_s = 0.0
-        try:
-            files, encode_s = self._encode(generated.images, generated.params)
-            response, outcome = _response(generated, files), "success"
-        except Exception as exc:
-            response, outcome = self.error_response(exc), type(exc).__name__
-        self.encoder.submit(self._record, outcome, generated, encode_s)
-        return response
-
-    def _record(self, outcome: str, generated: Generated | None, encode_s: float) -> None:
-        self.metrics.request(outcome)
-        if generated is not None:
-            self.metrics.seconds("denoise", generated.denoise_s)
-            self.metrics.steps(generated.params.num_inference_steps * generated.params.n)
-            self.metrics.seconds("encode", encode_s)
-
-    def _send_later(self, sender, generated: Generated) -> None:
-        """On the encoder thread, after ``execute`` returned: encode, then the request's one (final) response."""
-        self.send_final(sender, self._answer(generated))
-
     def execute(self, requests):
-        results: list[Any] = []  # a response, or what is left to encode after execute returns
         for request in requests:
-            try:
-                generated = self._generate(request)
-            except Exception as exc:  # one bad request never takes the others (or the stub) down
-                self.encoder.submit(self._record, type(exc).__name__, None, 0.0)
-                results.append(self.error_response(exc))
-                continue
-            params = generated.params
-            small = params.width * params.height * params.n <= INLINE_ENCODE_PIXELS
-            results.append(self._answer(generated) if small else generated)
-        if all(isinstance(r, pb_utils.InferenceResponse) for r in results):
-            return results
-        # Something to encode after returning: every request of this execute answers through its sender.
-        for request, result in zip(requests, results, strict=True):
             sender = request.get_response_sender()
-            if isinstance(result, Generated):
-                self.encoder.submit(self._send_later, sender, result)
-            else:
-                self.send_final(sender, result)
+            try:
+                self.encoder.submit(self._finish, sender, self._generate(request))
+            except Exception as exc:  # one bad request never takes the others (or the stub) down
+                self.encoder.submit(self.fail, sender, exc)  # counting it is a round trip to Triton: off the path
         return None
+
+    def _finish(self, sender, generated: Generated) -> None:
+        """On the encoder thread: encode, send the request's one (final) response, then count it."""
+        params = generated.params
+        try:
+            start = time.perf_counter()
+            files = [
+                encode_image(image, params.output_format, params.output_compression, self.png_level)
+                for image in generated.images
+            ]
+            encode_s = time.perf_counter() - start
+            self.send_final(sender, _response(generated, files))
+        except Exception as exc:
+            self.fail(sender, exc)
+            return
+        self.metrics.request("success")
+        self.metrics.seconds("denoise", generated.denoise_s)
+        self.metrics.steps(params.num_inference_steps * params.n)
+        self.metrics.seconds("encode", encode_s)
 
 
 def edit_inputs(request, params: ImageParams):
