@@ -46,6 +46,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from diffusion_runtime import model_shapes as shapes
+
 # Bump when any builder changes what it writes.
 BUILDER_VERSION = "3"
 
@@ -393,36 +395,11 @@ def _train_llada_tokenizer(vocab_size: int = 512) -> Any:
 # ------------------------------------------------------------------------------------ shared components
 
 
-def _t5_config_kwargs(vocab_size: int) -> dict[str, Any]:
-    """Shared tiny T5/UMT5 encoder shape: gated-GELU like T5 v1.1 (FLUX) and UMT5 (Wan)."""
-    return {
-        "vocab_size": vocab_size,
-        "d_model": 32,
-        "d_kv": 8,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_decoder_layers": 0,
-        "num_heads": 4,
-        "relative_attention_num_buckets": 8,
-        "relative_attention_max_distance": 32,
-        "feed_forward_proj": "gated-gelu",
-        "dropout_rate": 0.0,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-        "tie_word_embeddings": False,
-        "is_encoder_decoder": False,
-        "use_cache": False,
-    }
-
-
 def _wan_vae() -> Any:
     from diffusers import AutoencoderKLWan
 
     _seeded(10)
-    return AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
+    return AutoencoderKLWan(**shapes.TINY_WAN_VAE)
 
 
 def _wan_text_encoder_and_tokenizer() -> tuple[Any, Any]:
@@ -430,48 +407,15 @@ def _wan_text_encoder_and_tokenizer() -> tuple[Any, Any]:
 
     tokenizer = _train_t5_tokenizer(model_max_length=512)
     _seeded(11)
-    text_encoder = UMT5EncoderModel(UMT5Config(**_t5_config_kwargs(len(tokenizer))))
+    text_encoder = UMT5EncoderModel(UMT5Config(**shapes.t5_encoder_kwargs(len(tokenizer), shapes.TINY_T5)))
     return text_encoder, tokenizer
-
-
-def _wan_scheduler() -> Any:
-    """Wan2.1's shipped scheduler: UniPC in flow-matching mode."""
-    from diffusers import UniPCMultistepScheduler
-
-    return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
-    )
-
-
-_WAN_IMAGE_DIM = 16  # CLIP-vision hidden size = the I2V transformer's image_dim
 
 
 def _wan_transformer(*, image_to_video: bool) -> Any:
     from diffusers import WanTransformer3DModel
 
-    heads, head_dim = 2, 16
-    i2v: dict[str, Any] = {}
-    if image_to_video:
-        # Noisy latents (16) + first-frame mask (4) + encoded condition video (16), as in Wan2.1-I2V.
-        i2v = {"in_channels": 36, "image_dim": _WAN_IMAGE_DIM, "added_kv_proj_dim": heads * head_dim}
     _seeded(12)
-    return WanTransformer3DModel(
-        **{
-            "patch_size": (1, 2, 2),
-            "num_attention_heads": heads,
-            "attention_head_dim": head_dim,
-            "in_channels": 16,
-            "out_channels": 16,
-            "text_dim": 32,
-            "freq_dim": 32,
-            "ffn_dim": 64,
-            "num_layers": 2,
-            "cross_attn_norm": True,
-            "qk_norm": "rms_norm_across_heads",
-            "rope_max_seq_len": 1024,  # as Wan2.1: positions for up to 1024 latent patches per axis
-            **i2v,
-        }
-    )
+    return WanTransformer3DModel(**(shapes.TINY_WAN_I2V if image_to_video else shapes.TINY_WAN))
 
 
 # ------------------------------------------------------------------------------------------- builders
@@ -480,58 +424,19 @@ def _wan_transformer(*, image_to_video: bool) -> Any:
 def build_tiny_flux(out: Path) -> None:
     """FluxPipeline (FLUX.1-dev layout) with two trained tokenizers and tiny random components."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer = _train_clip_tokenizer()
     tokenizer_2 = _train_t5_tokenizer(model_max_length=512)
 
     _seeded(1)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(shapes.clip_text_config(tokenizer, shapes.TINY_CLIP))
     _seeded(2)
-    text_encoder_2 = T5EncoderModel(T5Config(**_t5_config_kwargs(len(tokenizer_2))))
+    text_encoder_2 = T5EncoderModel(T5Config(**shapes.t5_encoder_kwargs(len(tokenizer_2), shapes.TINY_T5)))
     _seeded(3)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,  # = T5 d_model
-        pooled_projection_dim=32,  # = CLIP hidden size
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
-    )
+    transformer = FluxTransformer2DModel(**shapes.TINY_FLUX_TRANSFORMER)
     _seeded(4)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = AutoencoderKL(**shapes.TINY_FLUX_VAE)
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
@@ -562,7 +467,7 @@ def build_tiny_wan_t2v(out: Path) -> None:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=_wan_vae(),
-        scheduler=_wan_scheduler(),
+        scheduler=shapes.wan_scheduler(),
         transformer=_wan_transformer(image_to_video=False),
     )
     pipe.save_pretrained(out)
@@ -575,18 +480,7 @@ def build_tiny_wan_i2v(out: Path) -> None:
 
     text_encoder, tokenizer = _wan_text_encoder_and_tokenizer()
     _seeded(20)
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=_WAN_IMAGE_DIM,
-            intermediate_size=32,
-            projection_dim=_WAN_IMAGE_DIM,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            hidden_act="gelu",
-        )
-    )
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(**shapes.TINY_CLIP_VISION))
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
     )
@@ -594,7 +488,7 @@ def build_tiny_wan_i2v(out: Path) -> None:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=_wan_vae(),
-        scheduler=_wan_scheduler(),
+        scheduler=shapes.wan_scheduler(),
         image_processor=image_processor,
         image_encoder=image_encoder,
         transformer=_wan_transformer(image_to_video=True),

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import stats
 from benchmarks.gpu import bench, report
+from diffusion_runtime import model_shapes
 from scripts.gpu import make_models
 from scripts.gpu.engine_parameters import engine_parameters
 from scripts.gpu.results_file import ResultsFile
@@ -23,8 +24,8 @@ def test_published_shapes_have_the_published_sizes():
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     with torch.device("meta"):
-        flux = sum(p.numel() for p in FluxTransformer2DModel(**make_models.FLUX_TRANSFORMER).parameters())
-        wan = sum(p.numel() for p in WanTransformer3DModel(**make_models.WAN_1_3B).parameters())
+        flux = sum(p.numel() for p in FluxTransformer2DModel(**model_shapes.FLUX_TRANSFORMER).parameters())
+        wan = sum(p.numel() for p in WanTransformer3DModel(**model_shapes.WAN_1_3B).parameters())
     assert 11.8e9 < flux < 12.0e9  # FLUX.1-dev: 11.9 B
     assert 1.3e9 < wan < 1.5e9  # Wan2.1-T2V-1.3B: 1.42 B
 

@@ -13,7 +13,8 @@ per image, not per step: about 10 ms on an H100.
 FFN 8960, text width 4096) and the Wan 2.1 VAE (diffusers' defaults are its config), UniPC flow-matching scheduler
 (shift 3.0). The UMT5-XXL text encoder keeps its width (4096, 64 heads of 64, MLP 10240) with 1 of 24 layers.
 
-``--mini`` builds the same classes at toy widths (the smoke test's "mini" shapes; dry runs on a CPU). Random weights
+The shapes are the project's one table (``diffusion_runtime.model_shapes``). ``--mini`` builds the same classes
+at the tiny models' widths (the smoke test's "mini" shapes; dry runs on a CPU). Random weights
 are PyTorch's default initialisation, in bfloat16 (float32 with ``--mini``); a fixed seed makes the folder the same
 on every machine. Tokenizers and the FLUX scheduler come from a tiny model's folder (``TOKENIZERS``), by default the
 project's own tiny models (``diffusion_runtime.tiny_models``, built locally on first use), so no download is needed.
@@ -34,98 +35,18 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from diffusion_runtime import model_shapes as shapes
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-FLUX_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-FLUX_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-    force_upcast=True,
-)
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=1, num_attention_heads=12)
-T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64)
-WAN_1_3B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    num_layers=30,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-
-# Toy widths for --mini (CPU dry runs): same classes, same wiring.
-MINI_FLUX_TRANSFORMER = {
-    **FLUX_TRANSFORMER,
-    "num_layers": 1,
-    "num_single_layers": 1,
-    "attention_head_dim": 16,
-    "num_attention_heads": 2,
-    "joint_attention_dim": 32,
-    "pooled_projection_dim": 32,
-    "axes_dims_rope": (4, 6, 6),
+# (published, --mini) component shapes per kind, from the project's one table of shapes.
+FLUX_SHAPES = {
+    False: (shapes.FLUX_TRANSFORMER, shapes.FLUX_VAE, shapes.CLIP_L, shapes.T5_XXL),
+    True: (shapes.TINY_FLUX_TRANSFORMER, shapes.TINY_FLUX_VAE, shapes.TINY_CLIP, shapes.TINY_T5),
 }
-MINI_FLUX_VAE = {**FLUX_VAE, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 1, "norm_num_groups": 4}
-MINI_CLIP = dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=4)
-MINI_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
-MINI_WAN = {
-    **WAN_1_3B,
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "text_dim": 32,
-    "freq_dim": 32,
-    "ffn_dim": 64,
-    "num_layers": 2,
-    "rope_max_seq_len": 32,
+WAN_SHAPES = {
+    False: (shapes.WAN_1_3B, shapes.WAN_VAE, shapes.T5_XXL),
+    True: (shapes.TINY_WAN, shapes.TINY_WAN_VAE, shapes.TINY_T5),
 }
-MINI_WAN_VAE = dict(
-    base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-)
-
-
-def _t5_kwargs(vocab_size: int, shape: dict) -> dict:
-    return dict(
-        vocab_size=vocab_size,
-        num_decoder_layers=0,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        use_cache=False,
-        **shape,
-    )
 
 
 def _tokenizer(folder: Path):
@@ -137,25 +58,16 @@ def _tokenizer(folder: Path):
 def build_flux(out: Path, tokenizers: Path, mini: bool, device: str):
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = _tokenizer(tokenizers / "tokenizer"), _tokenizer(tokenizers / "tokenizer_2")
+    transformer_shape, vae_shape, clip_shape, t5_shape = FLUX_SHAPES[mini]
     with torch.device(device):
         torch.manual_seed(0)
-        transformer = FluxTransformer2DModel(**(MINI_FLUX_TRANSFORMER if mini else FLUX_TRANSFORMER))
-        vae = AutoencoderKL(**(MINI_FLUX_VAE if mini else FLUX_VAE))
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **(MINI_CLIP if mini else CLIP_L),
-            )
-        )
-        text_encoder_2 = T5EncoderModel(T5Config(**_t5_kwargs(len(tokenizer_2), MINI_T5 if mini else T5_XXL)))
+        transformer = FluxTransformer2DModel(**transformer_shape)
+        vae = AutoencoderKL(**vae_shape)
+        text_encoder = CLIPTextModel(shapes.clip_text_config(tokenizer, clip_shape))
+        text_encoder_2 = T5EncoderModel(T5Config(**shapes.t5_encoder_kwargs(len(tokenizer_2), t5_shape)))
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(tokenizers / "scheduler"))
     return FluxPipeline(
         scheduler=scheduler,
@@ -170,18 +82,17 @@ def build_flux(out: Path, tokenizers: Path, mini: bool, device: str):
 
 def build_wan(out: Path, tokenizers: Path, mini: bool, device: str):
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = _tokenizer(tokenizers / "tokenizer")
+    transformer_shape, vae_shape, t5_shape = WAN_SHAPES[mini]
     with torch.device(device):
         torch.manual_seed(0)
-        transformer = WanTransformer3DModel(**(MINI_WAN if mini else WAN_1_3B))
-        vae = AutoencoderKLWan(**(MINI_WAN_VAE if mini else {}))
-        text_encoder = UMT5EncoderModel(UMT5Config(**_t5_kwargs(len(tokenizer), MINI_T5 if mini else T5_XXL)))
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
-    )
+        transformer = WanTransformer3DModel(**transformer_shape)
+        vae = AutoencoderKLWan(**vae_shape)
+        text_encoder = UMT5EncoderModel(UMT5Config(**shapes.t5_encoder_kwargs(len(tokenizer), t5_shape)))
+    scheduler = shapes.wan_scheduler()
     return WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
     )
@@ -194,13 +105,8 @@ STAMP = "random_weights.json"
 
 def shape_digest(kind: str, mini: bool) -> str:
     """Names the shapes a folder was built with, so a folder built before a shape change is rebuilt."""
-    shapes = {
-        ("flux", False): (FLUX_TRANSFORMER, FLUX_VAE, CLIP_L, T5_XXL),
-        ("flux", True): (MINI_FLUX_TRANSFORMER, MINI_FLUX_VAE, MINI_CLIP, MINI_T5),
-        ("wan", False): (WAN_1_3B, T5_XXL),
-        ("wan", True): (MINI_WAN, MINI_WAN_VAE, MINI_T5),
-    }[kind, mini]
-    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
+    built = (FLUX_SHAPES if kind == "flux" else WAN_SHAPES)[mini]
+    return hashlib.sha256(repr(built).encode()).hexdigest()[:12]
 
 
 def default_tokenizers(kind: str) -> Path:
