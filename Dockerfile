@@ -4,7 +4,7 @@
 #   docker run --gpus all -p 8000:8000 -e TRITON_DIFFUSION_API_KEYS=secret \
 #       -v $HOME/.cache/huggingface:/root/.cache/huggingface triton-diffusion --image-model black-forest-labs/FLUX.1-dev
 # The API binds 0.0.0.0 inside the container, so it demands API keys (or --no-auth to allow anyone).
-# Any scripts/serve.sh option can follow the image name; the launch presets work too:
+# The product only (no scripts/, tests/ or benchmarks/). Any scripts/serve.sh option can follow the image name; the launch presets work too:
 #   docker run ... --entrypoint python3 triton-diffusion -m diffusion_runtime.launcher.presets t2v launch --wan-size 14b
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.10-py3
 FROM ${TRITON_IMAGE}
@@ -21,7 +21,6 @@ COPY pyproject.toml setup.py MANIFEST.in README.md requirements.txt ./
 COPY diffusion_runtime diffusion_runtime
 COPY openai_frontend openai_frontend
 COPY model_repository model_repository
-COPY scripts scripts
 # The project with its SGLang extra, held to requirements.txt's pins (as constraints, which carry no extras). The
 # image brings its own tritonserver, so perf_analyzer's CUDA 12 runtime and the test tools are left out.
 RUN grep -E '^[A-Za-z]' requirements.txt \
