@@ -80,10 +80,11 @@ function multipart(values) {
   return body;
 }
 
-/** Run a form's action with its button disabled; whatever fails is shown under the form as one message. */
+/** Run a form's action with its button disabled; whatever fails is shown under the form (or in the notice at
+ * the top, for the key's form) as one message. */
 async function submitting(form, action) {
   const button = $("button[type=submit]", form);
-  const error = $(".error", form);
+  const error = $(".error", form) ?? $("#notice");
   error.hidden = true;
   button.disabled = true;
   try {
