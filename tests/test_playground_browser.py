@@ -27,7 +27,7 @@ from tests.conftest import Stack, metric_value, start_stack, tiny_image_spec, ti
 from tests.test_chat_api import dllm_spec
 
 playwright = pytest.importorskip("playwright.sync_api")
-Browser, Page, expect = playwright.Browser, playwright.Page, playwright.expect
+Browser, Locator, Page, expect = playwright.Browser, playwright.Locator, playwright.Page, playwright.expect
 
 pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
 
@@ -90,6 +90,14 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
+def fill(page: Page, form: str, **fields: str) -> Locator:
+    """Type each value into the field of ``form`` labelled with its name, as a person would; the form's locator."""
+    located = page.locator(form)
+    for label, value in fields.items():
+        located.get_by_label(label).fill(value)
+    return located
+
+
 def api(stack: Stack) -> httpx.Client:
     return httpx.Client(base_url=stack.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60)
 
@@ -121,12 +129,7 @@ def test_the_page_asks_for_the_key_and_keeps_it_for_the_session_only(fresh_page:
 
 
 def test_images_appear_in_a_grid_with_their_seeds_at_the_size_asked_and_download(page: Page) -> None:
-    form = page.locator("#image-form")
-    form.get_by_label("Prompt").fill("a lighthouse at dusk")
-    form.get_by_label("Size").fill("128x96")
-    form.get_by_label("Count").fill("3")
-    form.get_by_label("Steps").fill("2")
-    form.get_by_label("Seed").fill("7")
+    form = fill(page, "#image-form", Prompt="a lighthouse at dusk", Size="128x96", Count="3", Steps="2", Seed="7")
     form.get_by_role("button", name="Generate").click()
     images = page.locator("#image-grid img")
     expect(images).to_have_count(3, timeout=GENERATION_MS)
@@ -172,12 +175,7 @@ def test_bad_input_shows_the_api_message(page: Page, stack: Stack) -> None:
 
 def test_a_video_shows_its_progress_then_plays_with_its_previews_and_can_be_deleted(page: Page, stack: Stack) -> None:
     page.get_by_role("tab", name="Video").click()
-    form = page.locator("#video-form")
-    form.get_by_label("Prompt").fill("a paper boat on a pond")
-    form.get_by_label("Size").fill("64x64")
-    form.get_by_label("Frames").fill("9")
-    form.get_by_label("FPS").fill("8")
-    form.get_by_label("Steps").fill("40")
+    form = fill(page, "#video-form", Prompt="a paper boat on a pond", Size="64x64", Frames="9", FPS="8", Steps="40")
     # Record every value the progress bar takes, as the page sets it from the job API.
     page.evaluate(
         """() => {
@@ -222,12 +220,9 @@ def cancelled_generations(stack: Stack) -> float:
 
 def test_chat_streams_blocks_as_decided_and_stop_cancels_on_the_server(page: Page, stack: Stack) -> None:
     page.get_by_role("tab", name="Chat").click()
-    form = page.locator("#chat-form")
-    form.get_by_text("Settings").click()
+    page.get_by_text("Settings").click()
     # A long answer (minutes on this model) in blocks of 4 tokens: only stopping ends it soon.
-    form.get_by_label("Max tokens").fill("3000")
-    form.get_by_label("Block length").fill("4")
-    form.get_by_label("Steps").fill("3000")
+    form = fill(page, "#chat-form", **{"Max tokens": "3000", "Block length": "4", "Steps": "3000"})
     form.get_by_placeholder("Say something").fill("Tell me a long story")
     before = cancelled_generations(stack)
     form.get_by_role("button", name="Send").click()
