@@ -39,7 +39,7 @@ GENERATION_MS = 300_000  # generous for generations on a loaded 2-core machine; 
 
 @pytest.fixture(scope="module")
 def stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    specs = [tiny_image_spec(tiny_models, "diffusers"), tiny_video_specs(tiny_models, "diffusers")[0]]
+    specs = [tiny_image_spec(tiny_models, "diffusers"), *tiny_video_specs(tiny_models, "diffusers")]
     yield from start_stack(
         [*specs, dllm_spec(tiny_models)], tmp_path_factory.mktemp("playground"), frontend_args=("--api-key", KEY)
     )
@@ -102,13 +102,6 @@ def api(stack: Stack) -> httpx.Client:
     return httpx.Client(base_url=stack.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60)
 
 
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_the_page_asks_for_the_key_and_keeps_it_for_the_session_only(fresh_page: Page) -> None:
     page = fresh_page
     assert page.url.endswith("/playground/")  # where / leads
@@ -120,7 +113,9 @@ def test_the_page_asks_for_the_key_and_keeps_it_for_the_session_only(fresh_page:
     page.get_by_label("API key").fill(KEY)
     page.get_by_role("button", name="Use key").click()
     expect(notice).to_be_hidden()
-    expect(page.locator("#video-form select[name=model] option")).to_have_text(["tiny-wan-t2v"])
+    video_models = page.locator("#video-form select[name=model] option")
+    expect(video_models).to_have_count(2)
+    assert sorted(video_models.all_text_contents()) == ["tiny-wan-i2v", "tiny-wan-t2v"]
     expect(page.locator("#chat-form select[name=model] option")).to_have_text(["tiny-llada"])
     assert page.evaluate("() => [sessionStorage.length, localStorage.length]") == [1, 0]
     page.reload()  # the same tab keeps the key
@@ -145,13 +140,23 @@ def test_images_appear_in_a_grid_with_their_seeds_at_the_size_asked_and_download
     assert Image.open(download.value.path()).size == (128, 96)
 
 
-def test_an_uploaded_image_is_edited_at_its_own_size(page: Page) -> None:
-    form = page.locator("#image-form")
-    form.get_by_label("Prompt").fill("make it autumn")
-    form.get_by_label("Steps").fill("2")
-    form.locator("input[name=image]").set_input_files(
-        {"name": "photo.png", "mimeType": "image/png", "buffer": png(80, 48)}
-    )
+def png_file(name: str, width: int, height: int, transparent: bool = False) -> dict:
+    """An upload for ``set_input_files``: noise, or (``transparent``) a mask clear in its middle (repaint there)."""
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    if transparent:
+        pixels[height // 4 : -height // 4, width // 4 : -width // 4, 3] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels if transparent else pixels[..., :3]).save(buffer, format="PNG")
+    return {"name": name, "mimeType": "image/png", "buffer": buffer.getvalue()}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["whole", "masked"])
+def test_an_uploaded_image_is_edited_at_its_own_size(page: Page, masked: bool) -> None:
+    form = fill(page, "#image-form", Prompt="make it autumn", Steps="2")
+    form.locator("input[name=image]").set_input_files(png_file("photo.png", 80, 48))
+    if masked:
+        form.locator("input[name=mask]").set_input_files(png_file("mask.png", 80, 48, transparent=True))
     form.get_by_role("button", name="Generate").click()
     image = page.locator("#image-grid img")
     expect(image).to_have_count(1, timeout=GENERATION_MS)
@@ -173,9 +178,18 @@ def test_bad_input_shows_the_api_message(page: Page, stack: Stack) -> None:
     screenshot(page, "bad-input")
 
 
+def wait_until_the_video_plays(page: Page) -> None:
+    """The page's <video> has the MP4 loaded and decoded its first frame."""
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#video-job video'); return v.readyState >= 2 && v.videoWidth }",
+        timeout=GENERATION_MS,
+    )
+
+
 def test_a_video_shows_its_progress_then_plays_with_its_previews_and_can_be_deleted(page: Page, stack: Stack) -> None:
     page.get_by_role("tab", name="Video").click()
     form = fill(page, "#video-form", Prompt="a paper boat on a pond", Size="64x64", Frames="9", FPS="8", Steps="40")
+    form.locator("select[name=model]").select_option("tiny-wan-t2v")
     # Record every value the progress bar takes, as the page sets it from the job API.
     page.evaluate(
         """() => {
@@ -185,10 +199,7 @@ def test_a_video_shows_its_progress_then_plays_with_its_previews_and_can_be_dele
         }"""
     )
     form.get_by_role("button", name="Create video").click()
-    page.wait_for_function(
-        "() => { const v = document.querySelector('#video-job video'); return v.readyState >= 2 && v.videoWidth }",
-        timeout=GENERATION_MS,
-    )
+    wait_until_the_video_plays(page)
     seen = page.evaluate("() => window.progressSeen")
     assert any(0 < value < 100 for value in seen), f"the bar advanced through the job: {seen}"
     assert seen == sorted(seen) and seen[-1] == 100
@@ -210,6 +221,18 @@ def test_a_video_shows_its_progress_then_plays_with_its_previews_and_can_be_dele
     expect(page.locator("#video-job")).to_be_hidden()
     with api(stack) as http:
         assert http.get(f"/v1/videos/{video_id}").status_code == 404
+
+
+def test_a_video_from_an_uploaded_image(page: Page) -> None:
+    page.get_by_role("tab", name="Video").click()
+    form = fill(page, "#video-form", Prompt="the picture comes alive", Size="64x64", Frames="5", FPS="8", Steps="2")
+    form.locator("select[name=model]").select_option("tiny-wan-i2v")
+    form.locator("input[name=input_reference]").set_input_files(png_file("start.png", 64, 64))
+    form.get_by_role("button", name="Create video").click()
+    wait_until_the_video_plays(page)
+    duration = page.locator("#video-job video").evaluate("(v) => v.duration")
+    assert duration == pytest.approx(5 / 8, abs=0.05)
+    expect(page.locator("#video-jobs tbody tr", has_text="the picture comes alive")).to_contain_text("tiny-wan-i2v")
 
 
 def cancelled_generations(stack: Stack) -> float:
