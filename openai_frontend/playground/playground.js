@@ -7,7 +7,12 @@ const API_ROOT = new URL("../", import.meta.url); // the server's root, wherever
 const $ = (selector, root = document) => root.querySelector(selector);
 
 /** A failure to show a person: its message is the API's `error.message` or a one-line reason. */
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 function authHeaders() {
   const key = sessionStorage.getItem(KEY_STORE);
@@ -43,7 +48,7 @@ async function api(path, { json, form, method, signal } = {}) {
   if (!response.ok) {
     const message = await errorMessage(response);
     if (response.status === 401) showNotice(`${message}. Enter your API key above.`);
-    throw new ApiError(message);
+    throw new ApiError(message, response.status);
   }
   return response;
 }
@@ -119,9 +124,7 @@ async function loadModels() {
 }
 
 function startModels() {
-  loadModels().catch((err) => {
-    if (!$("#notice").textContent) showNotice(err.message);
-  });
+  loadModels().catch((err) => err.status === 401 || showNotice(err.message)); // a 401 has asked for the key
 }
 
 onSubmit("#key-form", (form) => {
@@ -300,7 +303,9 @@ async function streamAnswer(request, answer) {
     if (data === "[DONE]") break;
     const choice = JSON.parse(data).choices?.[0];
     if (choice?.delta?.content) {
-      text.append(Object.assign(document.createElement("span"), { className: "block", textContent: choice.delta.content }));
+      const block = Object.assign(document.createElement("span"), { className: "block" });
+      block.textContent = choice.delta.content;
+      text.append(block);
     }
     finish = choice?.finish_reason ?? finish;
   }
@@ -324,7 +329,8 @@ onSubmit("#chat-form", async (form) => {
     note(err.name === "AbortError" ? "stopped" : "failed");
     throw err;
   } finally {
-    conversation.push({ role: "assistant", content: $("p", answer).textContent });
+    const text = $("p", answer).textContent;
+    if (text) conversation.push({ role: "assistant", content: text }); // what was said, even if stopped
     answer.classList.remove("streaming");
     generation = null;
     $("#chat-stop").disabled = true;
