@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
 from openai_frontend.routers import completions, images, media, models, observability, videos
+from openai_frontend.routers.playground import mount_playground
 from openai_frontend.security import ApiKeyMiddleware, BodyLimitMiddleware
 from openai_frontend.storage import open_storage
 from openai_frontend.triton import TritonBackend
@@ -45,6 +46,7 @@ def create_app(settings: FrontendSettings) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     for module in (models, completions, images, videos, media, observability):
         app.include_router(module.router)
+    mount_playground(app)
 
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -1,7 +1,8 @@
 """Who may call, and how much they may send: API keys and request body limits, as ASGI middleware.
 
 Keys are compared in constant time. Health checks stay open (load balancers probe them) and so do stored
-media URLs, which are unguessable and handed to clients that fetch them without headers (browsers, <img>).
+media URLs, which are unguessable and handed to clients that fetch them without headers (browsers, <img>), and
+the playground's static page, which must load before it can ask a person for their key (its API calls send it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPEN_PATHS = ("/health", "/media/")
+OPEN_PATHS = ("/health", "/media/", "/playground/")
+OPEN_PAGES = ("/", "/playground")  # exact paths: the redirects to the playground
 
 
 def is_loopback(host: str) -> bool:
@@ -55,7 +57,9 @@ class ApiKeyMiddleware:
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"].startswith(OPEN_PATHS) or self._allowed(scope):
+        path = scope.get("path", "")
+        is_open = path.startswith(OPEN_PATHS) or path in OPEN_PAGES
+        if scope["type"] != "http" or not self.keys or is_open or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         await _send_error(

@@ -17,14 +17,16 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # pip, minus the notes this machine's extra (local, partial) package indexes print for every package.
 pip_quiet() { "$TD_VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }; }
 
-# --- Debian packages: Triton's Python-backend stub links libpython; perf_analyzer links libb64.
+# --- Debian packages: Triton's Python-backend stub links libpython; perf_analyzer links libb64; the playground's
+# browser tests drive Debian's chromium (Playwright is pointed at it, so nothing is downloaded from a browser CDN).
 PY_MM=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 apt_pkgs=()
-for p in "libpython${PY_MM}" libb64-0d; do
+for p in "libpython${PY_MM}" libb64-0d chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || apt_pkgs+=("$p")
 done
 if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
-  log "installing Debian packages ${apt_pkgs[*]} (Triton's Python stub links libpython, perf_analyzer libb64)"
+  log "installing Debian packages ${apt_pkgs[*]} (Triton's Python stub links libpython, perf_analyzer libb64," \
+    "the playground's browser tests run chromium)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null

@@ -113,6 +113,8 @@ def test_wheel_holds_the_packages_and_the_model_repository_and_its_launcher_serv
     assert models
     for model_file in models:
         assert f"diffusion_runtime/{model_file.relative_to(source).as_posix()}" in names
+    page = [p.relative_to(source).as_posix() for p in (source / "openai_frontend" / "playground").iterdir()]
+    assert page and set(page) <= names  # the playground's static files
     assert not any(name.startswith(("tests/", "scripts/", "benchmarks/", "model_repository/")) for name in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -68,6 +68,9 @@ def test_serve_script_serves_tiny_models_and_ctrl_c_stops_everything(tmp_path: P
             extra_body={"num_inference_steps": 2},
         )
         assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (64, 64)
+        page = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True, timeout=30)  # what a browser opens
+        assert page.url.path == "/playground/" and "<title>Triton diffusion playground</title>" in page.text
+        assert "playground: open" in log.read_text()
 
         triton_http = int(re.search(r"tritonserver: HTTP http://127.0.0.1:(\d+)", log.read_text()).group(1))
         children = psutil.Process(serve.pid).children(recursive=True)

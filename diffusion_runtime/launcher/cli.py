@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         triton.wait_ready()
         frontend.start().wait_ready()
         print(f"[serve] OpenAI API ready at {frontend.url}/v1 (Ctrl-C stops everything)", flush=True)
+        print(f"[serve] playground: open {frontend.url}/ in a browser", flush=True)
         while True:
             for name, process in (("tritonserver", triton.process), ("frontend", frontend.process)):
                 if process is not None and process.poll() is not None:
