@@ -21,12 +21,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright import sync_api as playwright
 
 from diffusion_runtime.launcher.repository import PROJECT_ROOT
 from tests.conftest import Stack, metric_value, start_stack, tiny_image_spec, tiny_video_specs, wait_for
 from tests.test_chat_api import dllm_spec
 
-playwright = pytest.importorskip("playwright.sync_api")
 Browser, Locator, Page, expect = playwright.Browser, playwright.Locator, playwright.Page, playwright.expect
 
 pytestmark = pytest.mark.e2e  # starts tritonserver and the frontend
@@ -47,8 +47,8 @@ def stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    # scripts/setup.sh installs Debian's chromium: a missing browser is a broken setup, not a reason to skip.
+    assert Path(CHROMIUM).is_file(), f"no Chromium at {CHROMIUM}: run scripts/setup.sh (it installs Debian's chromium)"
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield browser
