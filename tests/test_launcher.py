@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,18 @@ def test_serve_command_says_which_model_failed_to_load_and_why(tmp_path: Path) -
     assert reason.split("): ", 1)[1].strip(), said  # Triton's reason, whatever the engine's words
     assert f"what to do: there is no folder {missing} on this host" in done.stderr
     assert f"log, with the stack traces: {tmp_path / 'run' / 'tritonserver.log'}" in done.stderr
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    """Outgoing connections take their local ports from the kernel's ephemeral range; a server port chosen there
+    could be taken by one before the server binds it."""
+    from diffusion_runtime.net import _ephemeral_start, free_port
+
+    start = _ephemeral_start()
+    ports = {free_port() for _ in range(20)}
+    if start is not None:
+        assert all(port < start for port in ports)
+    assert len(ports) > 1  # random, not one port handed to every server started together
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free, as promised
