@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from benchmarks.job_store import new_job
 from diffusion_runtime.launcher.postgres import LocalPostgres
-from openai_frontend.job_store import MIGRATIONS, VideoJob, VideoJobStore
+from openai_frontend.job_store import MIGRATIONS, VideoJobStore
 from tests.conftest import wait_for
 
 LEASE_S = 0.5
@@ -34,20 +34,6 @@ def store(store_url: str):
     opened = VideoJobStore(store_url, lease_s=LEASE_S)
     yield opened
     opened.close()
-
-
-def new_job(status: str = "queued") -> VideoJob:
-    return VideoJob(
-        id=f"video_{uuid.uuid4().hex}",
-        model="tiny-wan-t2v",
-        status=status,
-        progress=0,
-        created_at=int(time.time()),
-        seconds="1",
-        size="64x64",
-        prompt="x",
-        params={"seed": 1},
-    )
 
 
 def claim_when_expired(store: VideoJobStore, owner: str, max_attempts: int = 3):

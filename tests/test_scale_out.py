@@ -6,7 +6,12 @@ finished job, and a burst is refused with 429s beyond what the cluster queues, n
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from diffusion_runtime.launcher.postgres import LocalPostgres
 from diffusion_runtime.launcher.processes import Frontend, TritonServer
-from diffusion_runtime.launcher.repository import render_repository
+from diffusion_runtime.launcher.processes import _wait_until as wait_until_ready
+from diffusion_runtime.launcher.repository import PROJECT_ROOT, render_repository
 from diffusion_runtime.media import probe_mp4
+from diffusion_runtime.net import free_port
 from tests.conftest import S3Server, metric_value, tiny_image_spec, tiny_video_specs, wait_for
 
 pytestmark = pytest.mark.e2e  # starts PostgreSQL, moto's S3 server, two tritonservers and two frontends
@@ -232,3 +240,71 @@ def test_a_burst_of_200_creations_is_queued_or_refused_with_429_and_every_accept
     with cluster.http(1) as b:
         for video_id in accepted:
             assert poll_until_done(b, video_id)[-1]["status"] == "completed", video_id
+
+
+def test_serve_script_with_the_documented_local_postgres(tmp_path: Path) -> None:
+    """The README's two commands: a PostgreSQL of one's own, then ``scripts/serve.sh --job-store <its URL>``."""
+    root = Path(tempfile.mkdtemp(prefix="td-serve-postgres-"))
+    root.chmod(0o711)  # as root the server runs as the postgres user, which must reach its folder
+    pg_port, port = free_port(), free_port()
+    processes: list[subprocess.Popen] = []
+
+    def start(command: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    try:
+        database = start(
+            [
+                sys.executable,
+                "-m",
+                "diffusion_runtime.launcher.postgres",
+                "--data",
+                str(root / "pg"),
+                "--port",
+                str(pg_port),
+            ],
+            tmp_path / "postgres.log",
+        )
+        printed = wait_for(
+            lambda: re.search(r"--job-store (\S+)", (tmp_path / "postgres.log").read_text()),
+            timeout=120,
+            message="the local PostgreSQL printing its URL",
+        )
+        url = printed.group(1)
+        serve = start(
+            [
+                str(PROJECT_ROOT / "scripts" / "serve.sh"),
+                "--kinds",
+                "video",
+                "--port",
+                str(port),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--fs-url",
+                f"file://{tmp_path}/media",
+                "--job-store",
+                url,
+            ],
+            tmp_path / "serve.log",
+        )
+        wait_until_ready(f"http://127.0.0.1:{port}/health/ready", serve, 900, "serve.sh", tmp_path / "serve.log")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            job = http.post("/v1/videos", json=QUICK).json()
+            assert poll_until_done(http, job["id"])[-1]["status"] == "completed"
+        with psycopg.connect(url) as conn:
+            status = conn.execute("SELECT status FROM video_jobs WHERE id = %s", (job["id"],)).fetchone()
+        assert status == ("completed",), "the job's record is in PostgreSQL"
+        assert not list((tmp_path / "run").rglob("*.sqlite3")), "no SQLite file beside it"
+        os.killpg(serve.pid, signal.SIGINT)
+        assert serve.wait(timeout=120) == 0
+        database.send_signal(signal.SIGTERM)
+        assert database.wait(timeout=60) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        LocalPostgres(root / "pg").stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
