@@ -30,15 +30,11 @@ if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi
 
-# --- PostgreSQL: the scale-out tests and the job-store benchmark start throwaway servers of it (a shared
-# --job-store); Debian's package, without the system-wide cluster it would otherwise create and start.
+# --- PostgreSQL: the scale-out tests and the job-store benchmark start throwaway servers of it on free loopback
+# ports (a shared --job-store); Debian's package, whose own cluster, if it starts one, they leave alone.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-get >/dev/null; then
   log "installing Debian's postgresql (the scale-out tests and benchmarks start throwaway PostgreSQL servers)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
-    $SUDO mkdir -p /etc/postgresql-common
-    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
-  fi
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
