@@ -37,6 +37,7 @@ def create_app(settings: FrontendSettings) -> FastAPI:
             settings.max_pending_videos,
             max_attempts=settings.job_max_attempts,
             poll_interval=settings.video_poll_ms / 1000,
+            takeovers=metrics.video_takeovers,
         )
         jobs.start()
         ctx = FrontendContext(settings=settings, backend=backend, storage=storage, video_jobs=jobs, metrics=metrics)

@@ -50,6 +50,12 @@ class FrontendMetrics:
             registry=self.registry,
         )
         self.images = Counter("openai_images_generated", "Images returned", ["model"], registry=self.registry)
+        self.video_takeovers = Counter(
+            "openai_video_jobs_taken_over",
+            "Video jobs this frontend claimed from another (one that died, or handed them back as it stopped)",
+            ["model"],
+            registry=self.registry,
+        )
 
 
 @dataclass

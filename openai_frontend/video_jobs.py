@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 
 from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.params import VideoParams
@@ -97,6 +98,7 @@ class VideoJobRunner:
         runner_id: str | None = None,
         max_attempts: int = 3,
         poll_interval: float = 1.0,
+        takeovers: Counter | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -105,6 +107,7 @@ class VideoJobRunner:
         self.runner_id = runner_id or new_runner_id()
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
+        self.takeovers = takeovers  # by model: how often frontends die under running jobs
         # Renew three times per lease (a missed renewal is not fatal), and look for orphaned jobs at least every
         # 2 s, so a dead frontend's job runs again within the lease plus 2 s.
         self.keeper_interval = min(store.lease_s / 3, 2.0)
@@ -267,6 +270,8 @@ class VideoJobRunner:
             await self.store.release(self.runner_id, [job.id])
             return
         log.info("video job %s: taken over (attempt %d of %d)", job.id, claim.attempt, self.max_attempts)
+        if self.takeovers is not None:
+            self.takeovers.labels(model.id).inc()
         self._reserve(model)
         self._launch(job.id, model, VideoParams(**claim.request), claim.input_image)
 

@@ -194,6 +194,7 @@ def test_a_job_whose_frontend_is_killed_is_finished_by_the_other(cluster: Cluste
             assert progress == sorted(progress), f"progress never goes back: {progress}"
             assert cluster.stored_files(job["id"]) == [f"media/videos/{job['id']}/video.mp4"], "one final file"
             assert probe_mp4(b.get(f"/v1/videos/{job['id']}/content").content).frames == 5
+            assert metric_value(b.get("/metrics").text, "openai_video_jobs_taken_over_total", model=T2V) >= 1
             print(f"the killed frontend's job completed elsewhere {finished_after:.1f} s after the kill")
     finally:
         cluster.replace_frontend(0)
