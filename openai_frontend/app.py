@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -22,16 +21,26 @@ from openai_frontend.video_jobs import VideoJobRunner, VideoJobStore
 
 
 def create_app(settings: FrontendSettings) -> FastAPI:
-    """Opening the media store happens here, not in the lifespan, so a bad ``--fs-url`` stops startup with a
-    clear message (``StorageUnavailable``/``ValueError``) before the server binds its port."""
+    """Opening the media and job stores happens here, not in the lifespan, so a bad ``--fs-url`` or
+    ``--job-store`` stops startup with a clear message (``StorageUnavailable``/``JobStoreUnavailable``/
+    ``ValueError``) before the server binds its port."""
     metrics = FrontendMetrics()
     storage = open_storage(settings.fs_url, settings.presign_expiry)
+    store = VideoJobStore(settings.job_store_url, lease_s=settings.job_lease_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, FrontendContext]]:
         backend = TritonBackend(settings.triton_urls, settings.triton_metrics_urls)
-        store = VideoJobStore(Path(settings.state_dir) / "videos.sqlite3")
-        jobs = VideoJobRunner(store, backend, storage, settings.max_pending_videos)
+        jobs = VideoJobRunner(
+            store,
+            backend,
+            storage,
+            settings.max_pending_videos,
+            max_attempts=settings.job_max_attempts,
+            poll_interval=settings.video_poll_ms / 1000,
+            takeovers=metrics.video_takeovers,
+        )
+        jobs.start()
         ctx = FrontendContext(settings=settings, backend=backend, storage=storage, video_jobs=jobs, metrics=metrics)
         try:
             yield {"ctx": ctx}

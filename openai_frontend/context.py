@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -21,11 +22,18 @@ class FrontendSettings:
     http_url: str | None = None
     presign_expiry: int = 3600  # seconds a presigned S3 URL stays valid
     request_timeout: float = 600.0
-    state_dir: str = "/tmp/triton-diffusion/state"  # video job records (SQLite)
+    state_dir: str = "/tmp/triton-diffusion/state"  # video job records (SQLite), when job_store is not given
+    job_store: str | None = None  # a SQLite path or a postgresql:// URL; None: <state_dir>/videos.sqlite3
+    job_lease_s: float = 20.0  # how long a video job stays claimed without renewal before another frontend runs it
+    job_max_attempts: int = 3  # runs of one video job (each ended by its frontend's death) before it fails
     video_poll_ms: int = 1000  # what openai-poll-after-ms tells pollers while a video is pending
     max_pending_videos: int = 64  # per model, queued or running; more is refused with 429
     api_keys: tuple[str, ...] = ()  # empty: no authentication (allowed only on loopback, see main)
     max_body_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def job_store_url(self) -> str:
+        return self.job_store or str(Path(self.state_dir) / "videos.sqlite3")
 
 
 class FrontendMetrics:
@@ -42,6 +50,12 @@ class FrontendMetrics:
             registry=self.registry,
         )
         self.images = Counter("openai_images_generated", "Images returned", ["model"], registry=self.registry)
+        self.video_takeovers = Counter(
+            "openai_video_jobs_taken_over",
+            "Video jobs this frontend claimed from another (one that died, or handed them back as it stopped)",
+            ["model"],
+            registry=self.registry,
+        )
 
 
 @dataclass

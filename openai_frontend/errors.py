@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffusion_runtime.errors import InvalidRequest
+from openai_frontend.job_store import JobStoreUnavailable
 from openai_frontend.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
         log.error("media storage failed: %s", exc)
         return OpenAIError(503, f"media storage failed: {exc}", code="storage_unavailable").response()
+
+    @app.exception_handler(JobStoreUnavailable)
+    async def _job_store(_: Request, exc: JobStoreUnavailable) -> JSONResponse:
+        log.error("job store failed: %s", exc)
+        return OpenAIError(
+            503,
+            "the video job store is unavailable; retry shortly",
+            code="job_store_unavailable",
+            headers={"retry-after": "2"},
+        ).response()
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:

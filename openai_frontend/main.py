@@ -10,6 +10,7 @@ import uvicorn
 
 from openai_frontend.app import create_app
 from openai_frontend.context import FrontendSettings
+from openai_frontend.job_store import JobStoreUnavailable
 from openai_frontend.security import is_loopback
 from openai_frontend.storage import StorageUnavailable
 
@@ -38,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a generation is cancelled")
     parser.add_argument("--state-dir", default=os.path.join(data_home(), "state"), help="video job records")
+    parser.add_argument(
+        "--job-store",
+        default=None,
+        help="where video job records live: a SQLite file (default <state-dir>/videos.sqlite3; one frontend) or a "
+        "postgresql://user:password@host/db URL shared by several frontends (also TRITON_DIFFUSION_JOB_STORE)",
+    )
+    parser.add_argument(
+        "--job-lease-s",
+        type=float,
+        default=20.0,
+        help="seconds a video job stays claimed by its frontend without renewal; after that another frontend runs it",
+    )
+    parser.add_argument(
+        "--job-max-attempts", type=int, default=3, help="runs of one video job, each ended by its frontend dying"
+    )
     parser.add_argument("--video-poll-ms", type=int, default=1000, help="openai-poll-after-ms for pending videos")
     parser.add_argument("--max-pending-videos", type=int, default=64, help="queued or running videos per model")
     parser.add_argument(
@@ -78,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         presign_expiry=args.presign_expiry,
         request_timeout=args.request_timeout,
         state_dir=args.state_dir,
+        job_store=args.job_store or os.environ.get("TRITON_DIFFUSION_JOB_STORE") or None,
+        job_lease_s=args.job_lease_s,
+        job_max_attempts=args.job_max_attempts,
         video_poll_ms=args.video_poll_ms,
         max_pending_videos=args.max_pending_videos,
         api_keys=keys,
@@ -85,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         app = create_app(settings)
-    except (StorageUnavailable, ValueError) as exc:
+    except (StorageUnavailable, JobStoreUnavailable, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     uvicorn.run(
         app,

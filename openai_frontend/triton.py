@@ -156,6 +156,7 @@ class TritonEndpoint:
     reload_started: dict[str, float] = field(default_factory=dict)  # model → when its last reload began
     reloaded_at: dict[str, float] = field(default_factory=dict)  # model → when its last reload succeeded
     model_control: bool = True  # False once the server refused to reload a model (no explicit model control)
+    served: frozenset[str] | None = None  # Triton names of the models it serves, once read (servers may differ)
 
     def reloading(self, model: str) -> bool:
         task = self.reloads.get(model)
@@ -285,7 +286,7 @@ class TritonBackend:
         last: InferenceServerException | None = None
         full = False
         for endpoint in self._order():
-            if model is not None and endpoint.reloading(model):
+            if model is not None and (endpoint.reloading(model) or model not in (endpoint.served or {model})):
                 continue
             if model is not None and capacity is not None and endpoint.model_in_flight[model] >= capacity:
                 full = True
@@ -334,7 +335,20 @@ class TritonBackend:
                     models[served.id] = served
             return models
 
-        self._models = await self._call(fetch)
+        async def fetch_from(endpoint: TritonEndpoint) -> dict[str, ServedModel] | None:
+            """One server's models (None when it cannot answer): servers may serve different models, e.g. one
+            Kubernetes Service per model kind."""
+            if endpoint.down_until > time.monotonic():
+                return None
+            try:
+                models = await fetch(endpoint.client)
+            except InferenceServerException:
+                return None
+            endpoint.served = frozenset(m.triton_name for m in models.values())
+            return models
+
+        found = [m for m in await asyncio.gather(*(fetch_from(e) for e in self.endpoints)) if m is not None]
+        self._models = {k: v for models in found for k, v in models.items()} if found else await self._call(fetch)
         self._fetched_at = time.monotonic()
 
     async def models(self, *, max_age: float = _REFRESH_SECONDS) -> list[ServedModel]:

@@ -1,42 +1,45 @@
 """Video jobs: OpenAI's asynchronous ``/v1/videos`` resource on top of the decoupled ``video_generation`` model.
 
-``VideoJobStore`` keeps job records in SQLite, so completed jobs (and their files, in the media store) stay
-retrievable after a frontend restart; jobs that a restart cut off are marked ``failed`` when the store opens,
-never left ``in_progress``. ``VideoJobRunner`` runs each job as an asyncio task: it waits for a free
-generation slot of its model (status ``queued``), streams the model's progress into the record
-(``in_progress``), stores the MP4 and completes the record. Deleting a job cancels its task, which cancels the
-gRPC stream, which Triton reports to the model between steps.
+Job records live in a ``VideoJobStore`` (``openai_frontend.job_store``): a SQLite file beside one frontend, or
+PostgreSQL shared by several. ``VideoJobRunner`` runs the jobs this frontend holds the lease on, each as an
+asyncio task: it waits for a free generation slot of its model (status ``queued``), streams the model's progress
+into the record (``in_progress``, renewing the lease at each step), stores the MP4 and completes the record.
+
+A lease keeper renews the leases of every job held here and claims the jobs whose lease has run out (their
+frontend died), running them again from the start. Every write is conditional on the claim: a job deleted on
+any frontend is noticed at the next denoising step, and its task is cancelled, which cancels the gRPC stream,
+which Triton reports to the model between steps. The MP4's key is made from the job id, so however many times a
+job runs there is one file, and only the runner that still holds the claim completes the record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import json
 import logging
+import os
 import re
-import sqlite3
-import threading
+import socket
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 
 from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.params import VideoParams
 from openai_frontend.errors import OpenAIError
+from openai_frontend.job_store import PENDING, ClaimedJob, JobStoreUnavailable, VideoJob, VideoJobStore
 from openai_frontend.storage import MediaStorage, StorageUnavailable
 from openai_frontend.triton import ServedModel, TritonBackend
 
 log = logging.getLogger(__name__)
 
-PENDING = ("queued", "in_progress")
+__all__ = ["PENDING", "VideoJob", "VideoJobRunner", "VideoJobStore"]
 VIDEO_OUTPUTS = ["PROGRESS", "VIDEO", "SEED", "NUM_FRAMES", "INFERENCE_TIME_S"]
 _ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
-INTERRUPTED = {"code": "interrupted", "message": "the server restarted before this video finished; create it again"}
 
 
 def new_video_id() -> str:
@@ -47,134 +50,10 @@ def is_video_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
-@dataclass
-class VideoJob:
-    id: str
-    model: str
-    status: str
-    progress: int
-    created_at: int
-    seconds: str
-    size: str
-    prompt: str
-    params: dict[str, Any]
-    completed_at: int | None = None
-    expires_at: int | None = None
-    error: dict[str, Any] | None = None
-    media_key: str | None = None
-    inference_time_s: float | None = None
-
-    def to_object(self) -> dict[str, Any]:
-        """The OpenAI video object (plus the generation settings actually used)."""
-        return {
-            "id": self.id,
-            "object": "video",
-            "model": self.model,
-            "status": self.status,
-            "progress": self.progress,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "expires_at": self.expires_at,
-            "seconds": self.seconds,
-            "size": self.size,
-            "prompt": self.prompt,
-            "error": self.error,
-            "remixed_from_video_id": None,
-            "seed": self.params.get("seed"),
-            "num_frames": self.params.get("num_frames"),
-            "fps": self.params.get("fps"),
-            "inference_time_s": self.inference_time_s,
-        }
-
-
-_COLUMNS = [f.name for f in dataclasses.fields(VideoJob)]
-_JSON_COLUMNS = {"params", "error"}
-
-
-class VideoJobStore:
-    """SQLite-backed job records. Calls are short; the async wrappers run them on a worker thread so the
-    event loop never waits on disk."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS video_jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                + ", ".join(f"{c} {'TEXT UNIQUE NOT NULL' if c == 'id' else ''}" for c in _COLUMNS)
-                + ")"
-            )
-            interrupted = self._db.execute(
-                "UPDATE video_jobs SET status='failed', error=? WHERE status IN ('queued', 'in_progress')",
-                (json.dumps(INTERRUPTED),),
-            ).rowcount
-        if interrupted:
-            log.warning("marked %d video job(s) cut off by a restart as failed", interrupted)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @staticmethod
-    def _row(row: tuple) -> VideoJob:
-        values = dict(zip(_COLUMNS, row, strict=True))
-        for column in _JSON_COLUMNS:
-            values[column] = json.loads(values[column]) if values[column] is not None else None
-        return VideoJob(**values)
-
-    def _insert(self, job: VideoJob) -> None:
-        values = [
-            json.dumps(v) if c in _JSON_COLUMNS and v is not None else v for c, v in dataclasses.asdict(job).items()
-        ]
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO video_jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values
-            )
-
-    def _get(self, job_id: str) -> VideoJob | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM video_jobs WHERE id=?", (job_id,)).fetchone()
-        return self._row(row) if row else None
-
-    def _update(self, job_id: str, **changes: Any) -> None:
-        assignments = ", ".join(f"{c}=?" for c in changes)
-        values = [json.dumps(v) if c in _JSON_COLUMNS and v is not None else v for c, v in changes.items()]
-        with self._lock:
-            self._db.execute(f"UPDATE video_jobs SET {assignments} WHERE id=?", [*values, job_id])
-
-    def _delete(self, job_id: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM video_jobs WHERE id=?", (job_id,)).rowcount > 0
-
-    def _list(self, after: str | None, limit: int, order: str) -> tuple[list[VideoJob], bool]:
-        direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
-        query = f"SELECT {', '.join(_COLUMNS)} FROM video_jobs"
-        args: list[Any] = []
-        if after is not None:
-            query += f" WHERE seq {compare} (SELECT seq FROM video_jobs WHERE id=?)"
-            args.append(after)
-        query += f" ORDER BY seq {direction} LIMIT ?"
-        args.append(limit + 1)
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
-        return [self._row(r) for r in rows[:limit]], len(rows) > limit
-
-    async def insert(self, job: VideoJob) -> None:
-        await asyncio.to_thread(self._insert, job)
-
-    async def get(self, job_id: str) -> VideoJob | None:
-        return await asyncio.to_thread(self._get, job_id)
-
-    async def update(self, job_id: str, **changes: Any) -> None:
-        await asyncio.to_thread(self._update, job_id, **changes)
-
-    async def delete(self, job_id: str) -> bool:
-        return await asyncio.to_thread(self._delete, job_id)
-
-    async def list(self, after: str | None, limit: int, order: str) -> tuple[list[VideoJob], bool]:
-        return await asyncio.to_thread(self._list, after, limit, order)
+def new_runner_id() -> str:
+    """This frontend process's name in leases: the host (a pod's name on Kubernetes), the pid, and a random tail
+    so a restarted process never passes for the one before it."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def video_inputs(params: VideoParams, image: bytes | None) -> dict[str, np.ndarray]:
@@ -201,18 +80,45 @@ def media_key(job_id: str, variant: str = "video") -> str:
     return f"videos/{job_id}/{_VARIANT_FILES[variant]}"
 
 
-class VideoJobRunner:
-    """Runs jobs as tasks, at most ``model.instances`` at a time per model, and at most ``max_pending`` waiting
-    or running per model (beyond that, creation is refused with 429)."""
+class JobLost(Exception):
+    """The job is no longer this frontend's to run: it was deleted, or another frontend took it over."""
 
-    def __init__(self, store: VideoJobStore, backend: TritonBackend, storage: MediaStorage, max_pending: int) -> None:
+
+class VideoJobRunner:
+    """Runs the jobs this frontend holds, at most ``model.instances`` at a time per model, and at most
+    ``max_pending`` waiting or running per model (beyond that, creation is refused with 429)."""
+
+    def __init__(
+        self,
+        store: VideoJobStore,
+        backend: TritonBackend,
+        storage: MediaStorage,
+        max_pending: int,
+        *,
+        runner_id: str | None = None,
+        max_attempts: int = 3,
+        poll_interval: float = 1.0,
+        takeovers: Counter | None = None,
+    ) -> None:
         self.store = store
         self.backend = backend
         self.storage = storage
         self.max_pending = max_pending
+        self.runner_id = runner_id or new_runner_id()
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.takeovers = takeovers  # by model: how often frontends die under running jobs
+        # Renew three times per lease (a missed renewal is not fatal), and look for orphaned jobs at least every
+        # 2 s, so a dead frontend's job runs again within the lease plus 2 s.
+        self.keeper_interval = min(store.lease_s / 3, 2.0)
         self._tasks: dict[str, asyncio.Task] = {}
         self._pending: dict[str, int] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._keeper: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the lease keeper (renewals and takeovers); the app's lifespan calls it."""
+        self._keeper = asyncio.create_task(self._keep_leases(), name="video-job-leases")
 
     async def submit(self, job: VideoJob, model: ServedModel, params: VideoParams, image: bytes | None) -> None:
         if self._pending.get(model.triton_name, 0) >= self.max_pending:
@@ -222,13 +128,23 @@ class VideoJobRunner:
                 code="queue_full",
                 headers={"retry-after": "10"},
             )
-        await self.store.insert(job)
+        self._reserve(model)  # before the insert's await: concurrent creations must see each other
+        try:
+            await self.store.insert(job, dataclasses.asdict(params), image, self.runner_id)
+        except BaseException:
+            self._pending[model.triton_name] -= 1
+            raise
+        self._launch(job.id, model, params, image)
+
+    def _reserve(self, model: ServedModel) -> None:
         self._pending[model.triton_name] = self._pending.get(model.triton_name, 0) + 1
-        task = asyncio.create_task(self._run(job.id, model, params, image), name=job.id)
-        self._tasks[job.id] = task
+
+    def _launch(self, job_id: str, model: ServedModel, params: VideoParams, image: bytes | None) -> None:
+        task = asyncio.create_task(self._run(job_id, model, params, image), name=job_id)
+        self._tasks[job_id] = task
 
         def finished(_: asyncio.Task) -> None:
-            self._tasks.pop(job.id, None)
+            self._tasks.pop(job_id, None)
             self._pending[model.triton_name] -= 1
 
         task.add_done_callback(finished)
@@ -240,66 +156,134 @@ class VideoJobRunner:
 
     async def _run(self, job_id: str, model: ServedModel, params: VideoParams, image: bytes | None) -> None:
         async with self._slot(model):
-            await self.store.update(job_id, status="in_progress")
             try:
+                await self._step(job_id, 0)  # in_progress from here on
                 final = await self._generate(job_id, model, params, image)
                 key = media_key(job_id)
                 await asyncio.to_thread(self.storage.put, key, bytes(final["VIDEO"][0]), "video/mp4")
-                await self.store.update(
-                    job_id,
-                    status="completed",
-                    progress=100,
-                    completed_at=int(time.time()),
-                    media_key=key,
-                    inference_time_s=round(float(final["INFERENCE_TIME_S"][0]), 3),
-                )
+                completed = {
+                    "status": "completed",
+                    "progress": 100,
+                    "completed_at": int(time.time()),
+                    "media_key": key,
+                    "inference_time_s": round(float(final["INFERENCE_TIME_S"][0]), 3),
+                }
+                if not await self._finish(job_id, completed):
+                    await self._forget_media_of_deleted(job_id)
             except asyncio.CancelledError:
                 raise
+            except JobLost:
+                log.info("video job %s was deleted or taken over elsewhere; stopped running it here", job_id)
             except OpenAIError as exc:
-                await self.store.update(
-                    job_id,
-                    status="failed",
-                    completed_at=int(time.time()),
-                    error={"code": exc.code or "generation_failed", "message": exc.message},
-                )
+                await self._fail(job_id, exc.code or "generation_failed", exc.message)
             except StorageUnavailable as exc:
-                await self.store.update(
-                    job_id,
-                    status="failed",
-                    completed_at=int(time.time()),
-                    error={"code": "storage_unavailable", "message": f"media storage failed: {exc}"},
-                )
+                await self._fail(job_id, "storage_unavailable", f"media storage failed: {exc}")
             except Exception as exc:  # anything unexpected: the job fails, the server keeps going
                 log.exception("video job %s failed", job_id)
-                await self.store.update(
-                    job_id,
-                    status="failed",
-                    completed_at=int(time.time()),
-                    error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
-                )
+                await self._fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def _fail(self, job_id: str, code: str, message: str) -> None:
+        await self._finish(
+            job_id, {"status": "failed", "completed_at": int(time.time()), "error": {"code": code, "message": message}}
+        )
+
+    async def _finish(self, job_id: str, changes: dict[str, Any], patience: float = 120.0) -> bool:
+        """Write the final state, waiting out a job store that is briefly down (a database restart) rather than
+        losing a finished video. False when the job is no longer ours (deleted, or taken over)."""
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.finish(job_id, self.runner_id, **changes)
+            except JobStoreUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("video job %s: could not record its end (%s): %s", job_id, changes["status"], exc)
+                    return False
+                log.warning("video job %s: the job store is unavailable, retrying its end: %s", job_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _forget_media_of_deleted(self, job_id: str) -> None:
+        """A job deleted while its file was being stored leaves no file behind (a takeover's file stays: the same
+        key is written again by the frontend that runs the job now)."""
+        with contextlib.suppress(JobStoreUnavailable):
+            if await self.store.get(job_id) is None:
+                for variant in VARIANTS:
+                    await asyncio.to_thread(self.storage.delete, media_key(job_id, variant))
 
     async def _generate(
         self, job_id: str, model: ServedModel, params: VideoParams, image: bytes | None
     ) -> dict[str, np.ndarray]:
-        reported = 0
         stream = self.backend.stream(model, video_inputs(params, image), VIDEO_OUTPUTS, lambda out: "VIDEO" in out)
-        async for response in stream:
-            if "VIDEO" in response:
-                return response
-            if "PROGRESS" in response:
-                done, total = (int(v) for v in response["PROGRESS"].reshape(-1)[:2])
-                percent = min(99, int(100 * done / max(total, 1)))
-                if percent > reported:
-                    reported = percent
-                    await self.store.update(job_id, progress=percent)
+        async with contextlib.aclosing(stream):  # leaving early cancels the Triton request
+            async for response in stream:
+                if "VIDEO" in response:
+                    return response
+                if "PROGRESS" in response:
+                    done, total = (int(v) for v in response["PROGRESS"].reshape(-1)[:2])
+                    await self._step(job_id, min(99, int(100 * done / max(total, 1))))
         raise OpenAIError(500, "the model finished without a video", code="generation_failed")
 
+    async def _step(self, job_id: str, percent: int) -> None:
+        """At every denoising step: record progress, renew the lease and learn whether the job is still ours."""
+        try:
+            still_ours = await self.store.progress(job_id, self.runner_id, percent)
+        except JobStoreUnavailable as exc:  # keep generating; the keeper renews the lease once the store is back
+            log.warning("video job %s: progress not recorded: %s", job_id, exc)
+            return
+        if not still_ours:
+            raise JobLost
+
+    async def _keep_leases(self) -> None:
+        while True:
+            try:
+                await self._renew_and_claim()
+            except JobStoreUnavailable as exc:
+                log.warning("video job leases: the job store is unavailable: %s", exc)
+            except Exception:  # the keeper must outlive any one failure
+                log.exception("video job leases: renewal failed")
+            await asyncio.sleep(self.keeper_interval)
+
+    async def _renew_and_claim(self) -> None:
+        held = [job_id for job_id, task in self._tasks.items() if not task.done()]
+        ours = await self.store.renew(self.runner_id, held)
+        for job_id in set(held) - ours:
+            job = await self.store.get(job_id)
+            task = self._tasks.get(job_id)
+            if task is not None and (job is None or job.status in PENDING):  # deleted, or run elsewhere now
+                task.cancel()
+        room = self.max_pending - max(self._pending.values(), default=0)
+        if room <= 0:
+            return
+        claimed, failed = await self.store.claim_expired(self.runner_id, room, self.max_attempts)
+        for job in failed:
+            log.warning("video job %s failed for good: %s", job.id, job.error)
+        for claim in claimed:
+            await self._take_over(claim)
+
+    async def _take_over(self, claim: ClaimedJob) -> None:
+        job = claim.job
+        try:
+            model = await self.backend.resolve(job.model, "video")
+        except OpenAIError as exc:  # this frontend does not serve the model: leave the job to one that does
+            log.warning("video job %s needs %s, which is not served here: %s", job.id, job.model, exc)
+            await self.store.release(self.runner_id, [job.id])
+            return
+        log.info("video job %s: taken over (attempt %d of %d)", job.id, claim.attempt, self.max_attempts)
+        if self.takeovers is not None:
+            self.takeovers.labels(model.id).inc()
+        self._reserve(model)
+        self._launch(job.id, model, VideoParams(**claim.request), claim.input_image)
+
     async def wait(self, job_id: str) -> VideoJob | None:
-        """Wait for a job to end without cancelling it if the waiter is cancelled."""
+        """Wait for a job to end without cancelling it if the waiter is cancelled (a job run elsewhere is
+        followed through the store)."""
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.wait({task})
-        return await self.store.get(job_id)
+        while (job := await self.store.get(job_id)) is not None and job.status in PENDING:
+            await asyncio.sleep(self.poll_interval)
+        return job
 
     async def cancel(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
@@ -307,6 +291,20 @@ class VideoJobRunner:
             task.cancel()
             await asyncio.wait({task})
 
+    async def abandon(self, job_id: str, code: str, message: str) -> None:
+        """Stop a job here and record why it failed (its blocking client went away)."""
+        await self.cancel(job_id)
+        await self._fail(job_id, code, message)
+
     async def close(self) -> None:
-        for job_id in list(self._tasks):
+        """Stop: the jobs running here are handed back at once, for another frontend (or this one restarted) to
+        run, rather than after their lease runs out."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+        held = list(self._tasks)
+        for job_id in held:
             await self.cancel(job_id)
+        with contextlib.suppress(JobStoreUnavailable):
+            handed_back = await self.store.release(self.runner_id, held)
+            if handed_back:
+                log.info("handed %d unfinished video job(s) back to the job store", handed_back)

@@ -32,6 +32,15 @@ if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi
 
+# --- PostgreSQL: the scale-out tests and the job-store benchmark start throwaway servers of it on free loopback
+# ports (a shared --job-store); Debian's package, whose own cluster, if it starts one, they leave alone.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-get >/dev/null; then
+  log "installing Debian's postgresql (the scale-out tests and benchmarks start throwaway PostgreSQL servers)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 # --- The virtualenv, keyed by this checkout's path, requirements.txt and the parts of pyproject.toml that say what
 # to install, so an edit there (or another clone) triggers a reinstall, and an edit to the linter's settings does not.
 stamp="$TD_VENV/.requirements.sha256"

@@ -14,8 +14,10 @@ run for a moment (``ffmpeg``, ``lscpu``, ``git``...) stay allowed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import httpx
 import openai
 import pytest
 
+from diffusion_runtime.launcher.postgres import LocalPostgres
 from diffusion_runtime.launcher.processes import Frontend, TritonServer
 from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, render_repository
 from diffusion_runtime.net import free_port
@@ -318,3 +321,17 @@ def two_servers(tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[tuple[
         frontend.stop()
         for server in servers:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A throwaway PostgreSQL cluster (Debian's package) on a free loopback port, shared by the session's tests;
+    each test takes a database of its own with ``create_database``."""
+    root = Path(tempfile.mkdtemp(prefix="td-postgres-"))  # outside pytest's private folder: the server's user
+    root.chmod(0o711)  # (postgres, when the tests run as root) must reach it
+    server = LocalPostgres(root / "data", durable=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presign-expiry", type=int, default=3600, help="seconds presigned S3 URLs stay valid")
     parser.add_argument("--state-dir", default=None, help="video job records (default under ~/.local/share)")
     parser.add_argument(
+        "--job-store", default=None, help="video job records in PostgreSQL (postgresql://...) instead of SQLite"
+    )
+    parser.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=True, help="frontend: a line per request"
     )
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds to serve, comma separated ({','.join(KINDS)})")
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--request-timeout", str(args.request_timeout), "--presign-expiry", str(args.presign_expiry)]
     if args.state_dir:
         extra += ["--state-dir", args.state_dir]
+    if args.job_store:
+        extra += ["--job-store", args.job_store]
     for key in args.api_key:
         extra += ["--api-key", key]
     if args.no_auth:

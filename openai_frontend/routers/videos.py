@@ -136,10 +136,7 @@ async def _blocking_result(request: Request, ctx: FrontendContext, job: VideoJob
     try:
         finished = await cancel_on_disconnect(request, ctx.video_jobs.wait(job.id), ctx.settings.request_timeout)
     except OpenAIError:
-        await ctx.video_jobs.cancel(job.id)
-        await ctx.video_jobs.store.update(
-            job.id, status="failed", error={"code": "cancelled", "message": "the client went away"}
-        )
+        await ctx.video_jobs.abandon(job.id, "cancelled", "the client went away")
         raise
     if finished is None:
         raise OpenAIError(404, f"the video '{job.id}' was deleted while it was generated", code="not_found")
@@ -252,8 +249,9 @@ async def _make_previews(ctx: FrontendContext, job_id: str, variant: str) -> byt
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
 async def delete_video(video_id: str, ctx: Ctx) -> VideoDeleted:
     job = await _job_or_404(video_id, ctx)
-    await ctx.video_jobs.cancel(job.id)  # a running job stops; its model sees the cancellation
+    # The record goes first: a frontend running the job elsewhere sees that at its next denoising step and stops.
+    await ctx.video_jobs.store.delete(job.id)
+    await ctx.video_jobs.cancel(job.id)  # a job running here stops now; its model sees the cancellation
     for variant in VARIANTS:
         await asyncio.to_thread(ctx.storage.delete, media_key(job.id, variant))
-    await ctx.video_jobs.store.delete(job.id)
     return VideoDeleted(id=job.id)
