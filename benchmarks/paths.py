@@ -162,7 +162,7 @@ class TritonImage:
         self.outputs = [grpcclient.InferRequestedOutput(n) for n in ("IMAGES", "SEEDS", "INFERENCE_TIME_S")]
 
     def __call__(self, job: ImageJob, model: str) -> Call:
-        from openai_frontend.routers.images import image_inputs
+        from openai_frontend.services.images import image_inputs
 
         inputs = _grpc_inputs(self.module, image_inputs(job.params(self.limits)))
         start = time.perf_counter()
@@ -235,7 +235,7 @@ class TritonText(_TritonStream):
         self.limits = limits
 
     def __call__(self, job: TextJob, model: str) -> Call:
-        from openai_frontend.routers.completions import OUTPUTS, text_inputs
+        from openai_frontend.services.text import OUTPUTS, text_inputs
 
         _, received = self.run(
             model, text_inputs(job.params(self.limits)), OUTPUTS, lambda r: r.as_numpy("FINISH_REASON") is not None
