@@ -12,15 +12,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from openai_frontend.errors import OpenAIError, from_triton_error, model_unavailable, queue_full, stub_died
+from openai_frontend.errors import Failure, OpenAIError, failure_error, model_unavailable, queue_full
 from openai_frontend.triton.discovery import ServedModel, served_models
 from openai_frontend.triton.endpoint import TritonEndpoint
-from openai_frontend.triton.failures import queue_full as triton_queue_full
-from openai_frontend.triton.failures import server_unreachable
+from openai_frontend.triton.failures import as_triton_error, classify, openai_error
 from openai_frontend.triton.metrics import metrics_text
 from openai_frontend.triton.readiness import readiness
 from openai_frontend.triton.recovery import RELOAD_INTERVAL_S, ModelReloader
@@ -96,24 +96,25 @@ class TritonBackend:
                 if model is not None and not endpoint.reloading(model):
                     endpoint.failed_models.pop(model, None)  # e.g. the server was restarted by its supervisor
                 return result
-            except InferenceServerException as exc:
-                last = exc
-                if server_unreachable(exc):
+            except (InferenceServerException, grpc.RpcError) as exc:
+                last = as_triton_error(exc)
+                failed = classify(last)
+                if failed.failure is Failure.SERVER_UNAVAILABLE:
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
                     endpoint.down_until = time.monotonic() + self.retry_after
                     endpoint.restarted()
                     continue
-                if triton_queue_full(exc):
+                if failed.failure is Failure.QUEUE_FULL:
                     continue
-                if model is not None and stub_died(exc.message() or ""):
-                    self._model_failed(endpoint, model, exc.message(), sent_at)
+                if model is not None and failed.failure is Failure.MODEL_DOWN:
+                    self._model_failed(endpoint, model, failed.message, sent_at)
                     continue
-                raise from_triton_error(exc) from exc
+                raise failure_error(failed.failure, failed.message, failed.param) from exc
             finally:
                 endpoint.in_flight -= 1
                 endpoint.model_in_flight[model or ""] -= 1
         if last is not None:
-            raise from_triton_error(last) from last
+            raise openai_error(last) from last
         if full:
             raise queue_full()
         raise model_unavailable("its process in the inference server died and it is being reloaded")
@@ -213,13 +214,14 @@ class TritonBackend:
                     raise OpenAIError(500, "the model's response stream ended without a final response") from None
                 if error is not None:
                     complete = True
-                    if stub_died(error.message() or ""):
+                    failed = classify(error)
+                    if failed.failure is Failure.MODEL_DOWN:
                         client, sent_at = served_by[-1]
                         endpoint = next(e for e in self.endpoints if e.client is client)
-                        self._model_failed(endpoint, model.triton_name, error.message(), sent_at)
-                    raise from_triton_error(error)
-        except InferenceServerException as exc:
-            raise from_triton_error(exc) from exc
+                        self._model_failed(endpoint, model.triton_name, failed.message, sent_at)
+                    raise failure_error(failed.failure, failed.message, failed.param)
+        except (InferenceServerException, grpc.RpcError) as exc:
+            raise openai_error(as_triton_error(exc)) from exc
         finally:
             if not complete:  # the consumer left early (client gone, job deleted): Triton tells the model
                 responses.cancel()
