@@ -31,6 +31,16 @@ _REFRESH_SECONDS = 5.0
 T = TypeVar("T")
 
 
+def infer_inputs(arrays: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """tritonclient's input tensors for a request's arrays (one class serves its sync and asyncio gRPC clients)."""
+    tensors = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 class TritonBackend:
     """One or several tritonservers serving the same models. Each call goes to the least busy server that is
     not marked down; a server that cannot be reached is marked down for ``retry_after`` seconds and the call
@@ -151,15 +161,6 @@ class TritonBackend:
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         return await readiness(self.endpoints)
 
-    @staticmethod
-    def _tensors(inputs: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        return tensors
-
     async def stream(
         self,
         model: ServedModel,
@@ -174,7 +175,7 @@ class TritonBackend:
         async def request() -> AsyncIterator[dict[str, Any]]:
             yield {
                 "model_name": model.triton_name,
-                "inputs": self._tensors(inputs),
+                "inputs": infer_inputs(inputs),
                 "outputs": [grpcclient.InferRequestedOutput(name) for name in outputs],
             }
 
@@ -232,7 +233,7 @@ class TritonBackend:
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
 
         async def call(client: grpcclient.InferenceServerClient):
-            return await client.infer(model.triton_name, self._tensors(inputs), outputs=requested)
+            return await client.infer(model.triton_name, infer_inputs(inputs), outputs=requested)
 
         result = await self._call(call, model.triton_name, model.capacity)
         return {name: result.as_numpy(name) for name in outputs}
