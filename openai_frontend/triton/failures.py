@@ -40,6 +40,10 @@ class TritonFailure:
     message: str  # what the server or model said
     param: str | None = None  # the request field at fault, when a model named one
 
+    def error(self) -> OpenAIError:
+        """What the client sees."""
+        return failure_error(self.failure, self.message, self.param)
+
 
 def status_code(exc: InferenceServerException) -> grpc.StatusCode | None:
     """The gRPC status of a tritonclient error (``StatusCode.UNAVAILABLE``), None when it carries none (an error
@@ -70,8 +74,7 @@ def classify(exc: InferenceServerException) -> TritonFailure:
 
 def openai_error(exc: InferenceServerException) -> OpenAIError:
     """What the client sees for a failed call."""
-    failed = classify(exc)
-    return failure_error(failed.failure, failed.message, failed.param)
+    return classify(exc).error()
 
 
 def server_unreachable(exc: InferenceServerException) -> bool:

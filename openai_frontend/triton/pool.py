@@ -17,10 +17,10 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from openai_frontend.errors import Failure, OpenAIError, failure_error, model_unavailable, queue_full
+from openai_frontend.errors import Failure, OpenAIError, model_unavailable, queue_full
 from openai_frontend.triton.discovery import ServedModel, served_models
 from openai_frontend.triton.endpoint import TritonEndpoint
-from openai_frontend.triton.failures import as_triton_error, classify, openai_error
+from openai_frontend.triton.failures import TritonFailure, as_triton_error, classify, openai_error
 from openai_frontend.triton.metrics import metrics_text
 from openai_frontend.triton.readiness import readiness
 from openai_frontend.triton.recovery import RELOAD_INTERVAL_S, ModelReloader
@@ -89,7 +89,7 @@ class TritonBackend:
         """``work`` on the best server, moving on to the next when one is unreachable, has a full queue (at
         ``capacity`` calls to ``model`` here, or refused by Triton), or (for calls that name their Triton
         ``model``) has lost that model's stub process or is reloading the model."""
-        last: InferenceServerException | None = None
+        last: TritonFailure | None = None
         full = False
         for endpoint in self._order():
             if model is not None and endpoint.reloading(model):
@@ -107,8 +107,7 @@ class TritonBackend:
                     endpoint.failed_models.pop(model, None)  # e.g. the server was restarted by its supervisor
                 return result
             except (InferenceServerException, grpc.RpcError) as exc:
-                last = as_triton_error(exc)
-                failed = classify(last)
+                failed = last = classify(as_triton_error(exc))
                 if failed.failure is Failure.SERVER_UNAVAILABLE:
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
                     endpoint.down_until = time.monotonic() + self.retry_after
@@ -119,12 +118,12 @@ class TritonBackend:
                 if model is not None and failed.failure is Failure.MODEL_DOWN:
                     self._model_failed(endpoint, model, failed.message, sent_at)
                     continue
-                raise failure_error(failed.failure, failed.message, failed.param) from exc
+                raise failed.error() from exc
             finally:
                 endpoint.in_flight -= 1
                 endpoint.model_in_flight[model or ""] -= 1
         if last is not None:
-            raise openai_error(last) from last
+            raise last.error()
         if full:
             raise queue_full()
         raise model_unavailable("its process in the inference server died and it is being reloaded")
@@ -220,7 +219,7 @@ class TritonBackend:
                         client, sent_at = served_by[-1]
                         endpoint = next(e for e in self.endpoints if e.client is client)
                         self._model_failed(endpoint, model.triton_name, failed.message, sent_at)
-                    raise failure_error(failed.failure, failed.message, failed.param)
+                    raise failed.error()
         except (InferenceServerException, grpc.RpcError) as exc:
             raise openai_error(as_triton_error(exc)) from exc
         finally:
