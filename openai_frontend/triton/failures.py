@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import grpc
 from tritonclient.grpc import InferenceServerException
-from tritonclient.grpc._utils import get_error_grpc
 
 from diffusion_runtime.errors import ErrorKind, read_error_message
 from openai_frontend.errors import Failure, OpenAIError, failure_error
@@ -24,7 +23,7 @@ _BY_MODEL_KIND = {
     ErrorKind.CANCELLED: Failure.CANCELLED,
     ErrorKind.GENERATION_FAILED: Failure.GENERATION_FAILED,
 }
-_BY_STATUS = {
+_BY_STATUS: dict[grpc.StatusCode | None, Failure] = {
     grpc.StatusCode.INVALID_ARGUMENT: Failure.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: Failure.NOT_FOUND,
     grpc.StatusCode.CANCELLED: Failure.CANCELLED,
@@ -55,10 +54,13 @@ def status_code(exc: InferenceServerException) -> grpc.StatusCode | None:
 def as_triton_error(exc: InferenceServerException | grpc.RpcError) -> InferenceServerException:
     """tritonclient's error for ``exc``: its own, or one made from a gRPC error (a stream's response iterator
     raises gRPC's errors as they are)."""
-    return exc if isinstance(exc, InferenceServerException) else get_error_grpc(exc)
+    if isinstance(exc, InferenceServerException):
+        return exc
+    return InferenceServerException(msg=exc.details(), status=str(exc.code()))
 
 
 def classify(exc: InferenceServerException) -> TritonFailure:
+    """The kind of failure ``exc`` reports, with the message (and field) the client is told."""
     message = exc.message() or str(exc)
     if (model_error := read_error_message(message)) is not None:
         return TritonFailure(_BY_MODEL_KIND[model_error.kind], model_error.detail, model_error.param)
@@ -67,9 +69,7 @@ def classify(exc: InferenceServerException) -> TritonFailure:
     code = status_code(exc)
     if code in _QUEUE_STATUSES and "queue" in message.lower():
         return TritonFailure(Failure.QUEUE_FULL, message)
-    return TritonFailure(
-        _BY_STATUS.get(code, Failure.GENERATION_FAILED) if code else Failure.GENERATION_FAILED, message
-    )
+    return TritonFailure(_BY_STATUS.get(code, Failure.GENERATION_FAILED), message)
 
 
 def openai_error(exc: InferenceServerException) -> OpenAIError:
