@@ -139,32 +139,21 @@ class BareText:
 # --- Triton alone (gRPC) -------------------------------------------------------------------------------------
 
 
-def _grpc_inputs(module: Any, arrays: Mapping[str, np.ndarray]) -> list[Any]:
-    from tritonclient.utils import np_to_triton_dtype
-
-    tensors = []
-    for name, array in arrays.items():
-        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
-
-
 class TritonImage:
     """``tritonclient.grpc`` ``infer`` with the very tensors the frontend builds (``image_inputs``)."""
 
     def __init__(self, url: str, limits: Any) -> None:
         import tritonclient.grpc as grpcclient
 
-        self.module = grpcclient
         self.client = grpcclient.InferenceServerClient(url)
         self.limits = limits
         self.outputs = [grpcclient.InferRequestedOutput(n) for n in ("IMAGES", "SEEDS", "INFERENCE_TIME_S")]
 
     def __call__(self, job: ImageJob, model: str) -> Call:
-        from openai_frontend.routers.images import image_inputs
+        from openai_frontend.services.images import image_inputs
+        from openai_frontend.triton.pool import infer_inputs
 
-        inputs = _grpc_inputs(self.module, image_inputs(job.params(self.limits)))
+        inputs = infer_inputs(image_inputs(job.params(self.limits)))
         start = time.perf_counter()
         result = self.client.infer(model, inputs, outputs=self.outputs)
         end = time.perf_counter()
@@ -193,7 +182,9 @@ class _TritonStream:
     def run(
         self, model: str, arrays: Mapping[str, np.ndarray], outputs: list[str], is_final: Callable[[Any], bool]
     ) -> tuple[float, list[tuple[float, Any]]]:
-        inputs = _grpc_inputs(self.module, arrays)
+        from openai_frontend.triton.pool import infer_inputs
+
+        inputs = infer_inputs(arrays)
         requested = [self.module.InferRequestedOutput(n) for n in outputs]
         start = time.perf_counter()
         self.client.async_stream_infer(model, inputs, outputs=requested)
@@ -235,7 +226,7 @@ class TritonText(_TritonStream):
         self.limits = limits
 
     def __call__(self, job: TextJob, model: str) -> Call:
-        from openai_frontend.routers.completions import OUTPUTS, text_inputs
+        from openai_frontend.services.text import OUTPUTS, text_inputs
 
         _, received = self.run(
             model, text_inputs(job.params(self.limits)), OUTPUTS, lambda r: r.as_numpy("FINISH_REASON") is not None

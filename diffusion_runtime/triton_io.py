@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
+from diffusion_runtime.errors import GenerationCancelled, InvalidRequest, error_message
 
 _GPU_SET = re.compile(r"gpus-(\d+(?:-\d+)*)")
 
@@ -125,20 +125,16 @@ def cancellation_check(request: Any, min_interval: float = 0.05) -> Callable[[in
     return on_step
 
 
-def invalid_argument_message(exc: InvalidRequest) -> str:
-    """Inside a decoupled stream Triton drops the error code and keeps only the message, so the message itself
-    says it is the caller's fault (and which field): ``invalid argument [seed]: ...``. The frontend reads it back
-    (``openai_frontend.errors.from_triton_error``)."""
-    return f"invalid argument [{exc.param}]: {exc.message}" if exc.param else f"invalid argument: {exc.message}"
-
-
 def error_for(pb_utils: Any, exc: BaseException) -> Any:
-    """One mapping from our exceptions to Triton error codes (INVALID_ARG → HTTP 400 / gRPC INVALID_ARGUMENT)."""
+    """One mapping from our exceptions to Triton errors: the code (INVALID_ARG → HTTP 400 / gRPC INVALID_ARGUMENT)
+    for clients that read it, and a message that says the same where Triton drops the code (``error_message``)."""
     if isinstance(exc, InvalidRequest):
-        return pb_utils.TritonError(invalid_argument_message(exc), pb_utils.TritonError.INVALID_ARG)
-    if isinstance(exc, GenerationCancelled):
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
-    return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+        code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(exc, GenerationCancelled):
+        code = pb_utils.TritonError.CANCELLED
+    else:
+        code = pb_utils.TritonError.INTERNAL
+    return pb_utils.TritonError(error_message(exc), code)
 
 
 class ModelMetrics:

@@ -1,15 +1,16 @@
 """The one place where failures become HTTP responses in OpenAI's error shape.
 
-Routers raise ``OpenAIError`` (or let ``InvalidRequest`` and Triton errors propagate); the handlers installed
-by ``install_error_handlers`` turn every one of them — FastAPI's own validation errors and unknown routes
-included — into ``{"error": {"message", "type", "param", "code"}}`` with a real status.
+Routers raise ``OpenAIError`` (or let ``InvalidRequest`` propagate), failed model calls become one through
+``failure_error``, and the handlers installed by ``install_error_handlers`` turn every one of them — FastAPI's
+own validation errors and unknown routes included — into ``{"error": {"message", "type", "param", "code"}}``
+with a real status.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+from enum import Enum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,7 +38,6 @@ _TYPES = {
 }
 
 
-_INVALID_ARGUMENT = re.compile(r"invalid argument(?: \[(\w+)\])?: (.*)$", re.DOTALL)
 # Seconds a client is told to wait after a 503: short, since a model whose process died is reloaded at once
 # and a request to it is answered at once until it is back (the OpenAI SDK retries on its own within 60 s).
 RETRY_UNAVAILABLE_AFTER_S = 5
@@ -80,12 +80,6 @@ def invalid(message: str, param: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code="invalid_value")
 
 
-def stub_died(message: str) -> bool:
-    """Triton's answer once a Python model's stub process has died or frozen. Triton 2.51 neither restarts the
-    stub nor stops reporting the model READY; ``TritonBackend`` marks the model down and has it reloaded."""
-    return "Stub process" in message and "is not healthy" in message
-
-
 def model_unavailable(reason: str) -> OpenAIError:
     """The model is down on every server that has it, for now (503 with Retry-After, see ``response``)."""
     return OpenAIError(503, f"the model is unavailable: {reason}; retry shortly", code="model_unavailable")
@@ -96,27 +90,39 @@ def queue_full() -> OpenAIError:
     return OpenAIError(429, "the model's queue is full; retry shortly", code="queue_full", headers={"retry-after": "1"})
 
 
-def from_triton_error(exc: Exception) -> OpenAIError:
-    """Map a ``tritonclient`` exception (gRPC status + message) to the status a client should see."""
-    status = str(getattr(exc, "status", lambda: "")() or "")
-    message = getattr(exc, "message", lambda: str(exc))() or str(exc)
-    if marked := _INVALID_ARGUMENT.search(message):  # the model's mark survives streams, where codes do not
-        return OpenAIError(400, marked.group(2), param=marked.group(1), code="invalid_value")
-    if "INVALID_ARG" in status:
-        return OpenAIError(400, message, code="invalid_value")
-    if "NOT_FOUND" in status:
-        return OpenAIError(404, message, code="model_not_found")
-    if "queue" in message.lower() and ("UNAVAILABLE" in status or "RESOURCE_EXHAUSTED" in status):
-        return queue_full()
-    if "CANCELLED" in status:
-        return OpenAIError(499, "the request was cancelled", code="cancelled")
-    if "DEADLINE_EXCEEDED" in status:
-        return OpenAIError(504, "the generation did not finish in time", code="timeout")
-    if "UNAVAILABLE" in status:
-        return OpenAIError(503, f"the inference server is unavailable: {message}", code="triton_unavailable")
-    if stub_died(message):
-        return model_unavailable(f"its process in the inference server died ({message})")
-    return OpenAIError(500, f"generation failed: {message}", code="generation_failed")
+class Failure(Enum):
+    """What went wrong with a call to a model, in the kinds a client is told apart; ``openai_frontend.triton.failures``
+    reads them off Triton's errors, ``failure_error`` answers each."""
+
+    INVALID_ARGUMENT = "invalid argument"  # the request: the user's to fix
+    NOT_FOUND = "not found"  # no such model on the server
+    QUEUE_FULL = "queue full"  # the model has as many requests waiting as it may
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline exceeded"
+    SERVER_UNAVAILABLE = "server unavailable"  # tritonserver cannot be reached
+    MODEL_DOWN = "model down"  # the model's process died; it is being reloaded
+    GENERATION_FAILED = "generation failed"  # the model or its engine failed
+
+
+def failure_error(failure: Failure, message: str, param: str | None = None) -> OpenAIError:
+    """The one mapping from a failed model call to what the client sees (``message``: what the server said)."""
+    match failure:
+        case Failure.INVALID_ARGUMENT:
+            return OpenAIError(400, message, param=param, code="invalid_value")
+        case Failure.NOT_FOUND:
+            return OpenAIError(404, message, code="model_not_found")
+        case Failure.QUEUE_FULL:
+            return queue_full()
+        case Failure.CANCELLED:
+            return OpenAIError(499, "the request was cancelled", code="cancelled")
+        case Failure.DEADLINE_EXCEEDED:
+            return OpenAIError(504, "the generation did not finish in time", code="timeout")
+        case Failure.SERVER_UNAVAILABLE:
+            return OpenAIError(503, f"the inference server is unavailable: {message}", code="triton_unavailable")
+        case Failure.MODEL_DOWN:
+            return model_unavailable(f"its process in the inference server died ({message})")
+        case Failure.GENERATION_FAILED:
+            return OpenAIError(500, f"generation failed: {message}", code="generation_failed")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -191,6 +191,7 @@ def test_health_readiness_and_metrics(diffusers_stack: Stack) -> None:
     assert 'diffusion_requests_total{model="image_diffusion",outcome="success"}' in text
     assert 'diffusion_seconds_total{model="image_diffusion",phase="encode"}' in text
     assert "nv_inference_request_success" in text
+    assert metric_value(text, "nv_inference_request_success", model="image_diffusion") > 0, "Triton's own names"
 
 
 def test_client_disconnect_cancels_the_generation_on_the_server(diffusers_stack: Stack) -> None:

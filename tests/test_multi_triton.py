@@ -30,6 +30,11 @@ def test_requests_spread_survive_a_dead_server_and_return_to_a_revived_one(two_s
         for _ in range(6):
             assert http.post("/v1/images/generations", json=BODY).status_code == 200
         assert served(servers[0]) > 0 and served(servers[1]) > 0, "both servers took work"
+        merged = http.get("/metrics").text
+        for server in servers:  # the frontend's /metrics: one family, each server's samples labelled with its URL
+            labels = {"model": "image_diffusion", "triton": server.grpc_url}
+            assert metric_value(merged, "nv_inference_request_success", **labels) == served(server)
+        assert merged.count("# TYPE nv_inference_request_success ") == 1
 
         dead = servers[1]
         os.killpg(dead.process.pid, signal.SIGKILL)

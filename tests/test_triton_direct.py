@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from diffusion_runtime.launcher.processes import TritonServer
 from diffusion_runtime.launcher.repository import PROJECT_ROOT, ModelSpec, render_repository
+from openai_frontend.triton.failures import openai_error
 from tests.conftest import tiny_image_spec
 
 pytestmark = pytest.mark.e2e  # starts tritonserver and runs perf_analyzer
@@ -93,6 +94,16 @@ def test_a_request_for_some_outputs_gets_exactly_those(triton: TritonServer) -> 
             result = client.infer("image_diffusion", inputs, outputs=[grpcclient.InferRequestedOutput("IMAGES")])
             assert result.as_numpy("SEEDS") is None and result.as_numpy("INFERENCE_TIME_S") is None
             assert Image.open(io.BytesIO(result.as_numpy("IMAGES")[0])).size == (size, size)
+
+
+def test_a_models_invalid_value_reaches_the_frontend_as_a_400_naming_the_field(triton: TritonServer) -> None:
+    """The message the model writes is the one the frontend reads back, through a real Triton over gRPC."""
+    request = image_request(grpcclient, "x", HEIGHT=(np.int32, 63))
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client, pytest.raises(InferenceServerException) as info:
+        client.infer("image_diffusion", request)
+    error = openai_error(info.value)
+    assert (error.status, error.code, error.param) == (400, "invalid_value", "height"), info.value.message()
+    assert "height must be a multiple of 16" in error.message
 
 
 def test_invalid_values_are_invalid_arg_with_a_useful_message(triton: TritonServer) -> None:

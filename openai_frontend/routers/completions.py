@@ -10,21 +10,16 @@ the model stops decoding between refinement steps.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from diffusion_runtime.contract import TEXT
-from diffusion_runtime.params.text import TextLimits, TextParams, validate_text_params
 from openai_frontend import sse
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError
@@ -41,60 +36,12 @@ from openai_frontend.schemas.text import (
     CompletionRequest,
     Usage,
 )
-from openai_frontend.triton import ServedModel, cancel_on_disconnect
+from openai_frontend.services import text as text_service
+from openai_frontend.services.text import Piece
+from openai_frontend.triton import cancel_on_disconnect
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-OUTPUTS = TEXT.output_names
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One response of the model: the text of a decoded block; the last one also ends the answer."""
-
-    text: str
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-
-def text_inputs(params: TextParams, stream: bool = True) -> dict[str, np.ndarray]:
-    """The model's input tensors for one request. ``stream`` false: the model answers once, with the whole text,
-    instead of once per block."""
-    messages = json.dumps(params.message_dicts(), ensure_ascii=False) if params.messages is not None else None
-    return TEXT.request_tensors(
-        stream=stream,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        seed=params.seed,
-        block_length=params.block_length,
-        steps=params.steps,
-        threshold=params.threshold,
-        messages=messages,
-        prompt=params.prompt if messages is None else None,
-        stop=params.stop or None,
-    )
-
-
-def _piece(outputs: dict[str, np.ndarray]) -> Piece:
-    def scalar(name: str) -> Any:
-        return outputs[name].reshape(-1)[0]
-
-    text = bytes(scalar("TEXT")).decode("utf-8")
-    if "FINISH_REASON" not in outputs:
-        return Piece(text)
-    prompt, completion = int(scalar("PROMPT_TOKENS")), int(scalar("COMPLETION_TOKENS"))
-    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-    return Piece(text, bytes(scalar("FINISH_REASON")).decode(), usage)
-
-
-async def generate(
-    ctx: FrontendContext, model: ServedModel, params: TextParams, stream: bool = True
-) -> AsyncIterator[Piece]:
-    """The model's responses as pieces; closing this iterator cancels the Triton request."""
-    responses = ctx.backend.stream(model, text_inputs(params, stream), OUTPUTS, is_final=lambda o: "FINISH_REASON" in o)
-    async with aclosing(responses):
-        async for outputs in responses:
-            yield _piece(outputs)
 
 
 @dataclass(frozen=True)
@@ -194,23 +141,10 @@ async def _respond(
     body: ChatCompletionRequest | CompletionRequest, request: Request, ctx: FrontendContext
 ) -> JSONResponse | sse.EventStreamResponse:
     chat = isinstance(body, ChatCompletionRequest)
-    model = await ctx.backend.resolve(body.model, "text")
-    params = validate_text_params(
-        TextLimits.from_parameters(model.parameters),
-        messages=body.messages if chat else None,
-        prompt=None if chat else body.prompt,
-        max_tokens=body.answer_tokens if chat else body.max_tokens,
-        stop=body.stop,
-        temperature=body.temperature,
-        seed=body.knob("seed"),
-        block_length=body.knob("block_length"),
-        steps=body.knob("steps"),
-        threshold=body.knob("threshold"),
-        n=body.n,
-    )
-    reply = Reply.new(chat, model.id)
+    job = await text_service.job(ctx, body)
+    reply = Reply.new(chat, job.model.id)
     timeout = ctx.settings.request_timeout
-    pieces = generate(ctx, model, params, stream=bool(body.stream))
+    pieces = text_service.generate(ctx, job, stream=bool(body.stream))
     if not body.stream:
         text, last = await cancel_on_disconnect(request, _collect(pieces), timeout)
         return JSONResponse(reply.whole(text, last).model_dump(mode="json"))

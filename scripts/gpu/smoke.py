@@ -89,7 +89,7 @@ TRITON_SOURCE = {"image": "image_diffusion", "t2v": "video_generation", "i2v": "
 # Where the image path changes behaviour with size: constants named like these, in these files.
 THRESHOLD_SOURCES = (
     REPOSITORY / "image_diffusion" / "1" / "model.py",
-    PROJECT_ROOT / "openai_frontend" / "routers" / "images.py",
+    PROJECT_ROOT / "openai_frontend" / "services" / "images.py",
 )
 IMAGE_CONFIG = REPOSITORY / "image_diffusion" / "config.pbtxt"
 STEPS = 2
@@ -282,7 +282,7 @@ def find_size_thresholds(
     sources: Sequence[Path] = THRESHOLD_SOURCES, config: Path | None = IMAGE_CONFIG
 ) -> list[SizeThreshold]:
     """Module-level integer constants named ``*_PIXELS`` or ``INLINE_*`` in the image model and the frontend's
-    images route, read from the source (the model imports Triton's stub module, so it cannot be imported here),
+    image service, read from the source (the model imports Triton's stub module, so it cannot be imported here),
     plus any ``*pixels*`` parameter of the image model's config. Read at run time: the mechanism may move."""
     found = []
     for path in sources:
