@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from diffusion_runtime.dllm import TextEngineConfig
+from diffusion_runtime.dllm import TextEngineConfig, create_text_engine, text_engine_name
 from diffusion_runtime.dllm.sglang_engine import chunk_delta, engine_kwargs, finish_reason, sampling_params
 from diffusion_runtime.errors import EngineFailure
 from diffusion_runtime.params.text import TextLimits, validate_text_params
@@ -54,10 +54,10 @@ def test_engine_kwargs_defaults_leave_sglang_its_own() -> None:
 
 
 def test_engine_choice() -> None:
-    assert TextEngineConfig(model_path="m", engine="auto", device="cpu").resolved_engine() == "transformers"
-    assert TextEngineConfig(model_path="m", engine="sglang", device="cpu").resolved_engine() == "sglang"
-    with pytest.raises(ValueError):
-        TextEngineConfig.from_parameters({"engine": "diffusers"}, "cpu")
+    assert text_engine_name(TextEngineConfig(model_path="m", engine="auto", device="cpu")) == "transformers"
+    assert text_engine_name(TextEngineConfig(model_path="m", engine="sglang", device="cpu")) == "sglang"
+    with pytest.raises(ValueError, match="auto or one of"):
+        create_text_engine(TextEngineConfig.from_parameters({"engine": "diffusers"}, "cpu"))
     with pytest.raises(ValueError):
         engine_kwargs(TextEngineConfig(model_path="m", sglang_args="[1]"))
 

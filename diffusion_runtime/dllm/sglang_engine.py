@@ -90,6 +90,9 @@ def chunk_delta(chunk: Mapping[str, Any]) -> TextDelta:
 
 class SGLangTextEngine:
     name = "sglang"
+    # ``Engine.generate`` drives one asyncio loop of its own and cannot be entered from two threads at once, so the
+    # model hands it one request at a time; SGLang batches what its scheduler holds (``max_running_requests``).
+    max_concurrent = 1
 
     def __init__(self, config: TextEngineConfig) -> None:
         import sglang
