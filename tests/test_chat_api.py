@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -203,6 +206,41 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(
         wait_for(lambda: cancelled(short) >= 2, timeout=60, message="both timed-out generations cancelled")
     finally:
         next(stacks, None)
+
+
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(stack: Stack) -> None:
+    """Eight streams at once (different seeds, prompts and lengths) are all in progress together, and each gets
+    the text it gets alone: the model decodes them in one batch without mixing them up."""
+    requests = [
+        {
+            "messages": [{"role": "user", "content": "Tell me story " * (i + 1)}],
+            "max_tokens": 24 + 4 * i,
+            "temperature": 0.9,
+            "seed": i,
+            "extra_body": {"block_length": 8},
+        }
+        for i in range(8)
+    ]
+    alone = [chat(stack, **r).choices[0].message.content for r in requests]
+    start = threading.Barrier(len(requests))
+
+    def stream(request: dict) -> tuple[str, float, float]:
+        start.wait()
+        first = None
+        chunks = []
+        for chunk in chat(stack, stream=True, **request):
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.monotonic()
+            chunks.append(chunk)
+        return streamed_text(chunks), first, time.monotonic()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(stream, requests))
+    assert [text for text, _, _ in results] == alone
+    assert len(set(alone)) == len(alone)
+    assert max(first for _, first, _ in results) < min(end for _, _, end in results), (
+        "every request had streamed text before any finished: they ran together, not one after another"
+    )
 
 
 def test_client_disconnect_stops_decoding(stack: Stack) -> None:

@@ -106,9 +106,7 @@ class RequestDecoding:
         self.ids = torch.full((1, self.prompt_length + settings.max_tokens), mask_id, dtype=torch.long, device=device)
         """The sequence so far, ``[1, L]``: prompt, finished blocks, and masks."""
         self.ids[0, : self.prompt_length] = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
-        self._generator = (
-            torch.Generator(device="cpu").manual_seed(settings.seed) if settings.temperature > 0 else None
-        )
+        self._generator = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.temperature > 0 else None
         self._eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device)
         self.done = 0  # steps run
         self.finished = False

@@ -1,16 +1,21 @@
 """Triton glue for diffusion-LM text generation (decoupled): tensors in, engine deltas out as responses.
 
-Each request is decoded to the end inside ``execute`` (one request at a time per instance; queued requests
-wait in Triton's bounded queue). Every decoded block becomes one response carrying the new ``TEXT``; the
-last also carries the finish reason and token counts, and the FINAL flag (the aio gRPC client ignores an
-empty final response, so FINAL goes on the last real one). Errors become an error response with FINAL; a
-request Triton marks cancelled stops between refinement steps and counts as ``GenerationCancelled``.
+Requests run concurrently, up to the engine's ``max_concurrent`` (the transformers engine decodes them together:
+one batched forward per refinement step). ``execute`` reads and checks a request, then hands it to a worker thread
+and returns; when every place is taken it waits for one, so further requests stay in Triton's bounded queue (a full
+queue is answered 429 by the frontend). Every decoded block becomes one response carrying the new ``TEXT``; the
+last also carries the finish reason and token counts, and the FINAL flag (the aio gRPC client ignores an empty
+final response, so FINAL goes on the last real one). Errors become an error response with FINAL, per request; a
+request Triton marks cancelled leaves the batch between refinement steps and counts as ``GenerationCancelled``.
+``finalize`` waits for the worker threads before the engine closes.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 from diffusion_runtime.contract import TEXT
 from diffusion_runtime.dllm import TextDelta, TextEngineConfig, create_text_engine
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
-from diffusion_runtime.params.text import TextLimits, validate_text_params
+from diffusion_runtime.params.text import TextLimits, TextParams, validate_text_params
 from diffusion_runtime.triton_io import cancellation_check, inference_response, requested_outputs
 from diffusion_runtime.triton_model import DiffusionModel
 
@@ -58,18 +63,42 @@ class TritonPythonModel(DiffusionModel):
     def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = TextLimits.from_parameters(parameters)
         self.engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
+        self.places = threading.BoundedSemaphore(self.engine.max_concurrent)
+        self.workers = ThreadPoolExecutor(max_workers=self.engine.max_concurrent, thread_name_prefix="dllm")
 
-    def _generate(self, request, sender) -> None:
-        settings = self.settings(request)
-        # STREAM false (the frontend's non-streaming requests): one response with the whole text; each response
-        # sent costs the decoder ~0.7 ms of waiting on Triton.
-        stream = settings.pop("stream") is not False
-        params = validate_text_params(self.limits, stop=read_stop(request), **settings)
-        wanted = requested_outputs(request)
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                settings = self.settings(request)
+                # STREAM false (the frontend's non-streaming requests): one response with the whole text; each
+                # response sent costs the decoder ~0.7 ms of waiting on Triton.
+                stream = settings.pop("stream") is not False
+                params = validate_text_params(self.limits, stop=read_stop(request), **settings)
+                wanted = requested_outputs(request)
+            except Exception as exc:  # one bad request never takes the others (or the stub) down
+                self.fail(sender, exc)
+                continue
+            self.places.acquire()  # released by the worker when the request ends
+            self.workers.submit(self._run, request, sender, params, wanted, stream)
+        return None
+
+    def _run(self, request, sender, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
+        """On a worker thread: the whole generation, ending in its final response or its error."""
+        try:
+            self._generate(request, sender, params, wanted, stream)
+            self.metrics.request("success")
+        except Exception as exc:
+            self.fail(sender, exc)
+        finally:
+            self.places.release()
+
+    def _generate(self, request, sender, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
         held: list[str] = []
         start = time.perf_counter()
+        deltas = self.engine.generate(params, cancellation_check(request))
         try:
-            for delta in self.engine.generate(params, cancellation_check(request)):
+            for delta in deltas:
                 if delta.finish_reason is not None:
                     self.metrics.steps(delta.steps)
                     whole = replace(delta, text="".join(held) + delta.text)
@@ -80,15 +109,10 @@ class TritonPythonModel(DiffusionModel):
                 else:
                     held.append(delta.text)
         finally:
+            deltas.close()  # a failed send leaves the batch at once
             self.metrics.seconds("denoise", time.perf_counter() - start)
         raise EngineFailure("the engine stopped without a finish reason")
 
-    def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._generate(request, sender)
-                self.metrics.request("success")
-            except Exception as exc:  # one bad request never takes the others (or the stub) down
-                self.fail(sender, exc)
-        return None
+    def finalize(self) -> None:
+        self.workers.shutdown(wait=True)
+        super().finalize()
