@@ -19,16 +19,44 @@ What differs from the transformers engine, by SGLang's design:
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from diffusion_runtime.dllm.base import TextDelta, TextEngineConfig, prompt_token_ids
 from diffusion_runtime.engines.base import StepHook
+from diffusion_runtime.engines.sglang_engine import read_config_json
 from diffusion_runtime.errors import EngineFailure, GenerationCancelled
 from diffusion_runtime.params.text import TextParams
 
 log = logging.getLogger(__name__)
+
+# The diffusion LMs SGLang runs, by the first architecture in config.json (the table in sglang 0.5.23's
+# ``DllmConfig.from_server_args``, which also gives each its block size and mask token). SGLang reads the
+# architecture, never the folder's name, so a folder may be named anything; another architecture cannot run.
+SGLANG_DLLM_ARCHITECTURES = (
+    "LLaDA2MoeModelLM",
+    "SDARForCausalLM",
+    "SDARMoeForCausalLM",
+    "DiffusionGemmaForBlockDiffusion",
+)
+
+
+def check_architecture(model_path: str) -> None:
+    """Stop at load, with the parameter to change, on a local folder SGLang's dLLM path would reject deep inside
+    its scheduler (``Unknown diffusion LLM``). A hub id is left to SGLang."""
+    if not os.path.isdir(model_path):
+        return
+    architectures = read_config_json(os.path.join(model_path, "config.json")).get("architectures") or []
+    if not architectures:
+        raise ValueError(f"{model_path} has no config.json naming its architectures: SGLang cannot place it")
+    if architectures[0] not in SGLANG_DLLM_ARCHITECTURES:
+        raise ValueError(
+            f"SGLang's diffusion-LM engine runs {', '.join(SGLANG_DLLM_ARCHITECTURES)} checkpoints; {model_path} is "
+            f"{architectures[0]}: set the engine parameter to transformers (the project's own decoder; LLaDA-8B also "
+            "needs mask_token_id 126336)"
+        )
 
 
 def engine_kwargs(config: TextEngineConfig) -> dict[str, Any]:
@@ -98,6 +126,7 @@ class SGLangTextEngine:
         import sglang
         from transformers import AutoTokenizer
 
+        check_architecture(config.model_path)
         self.config = config
         # The chat template is applied here, as for the transformers engine, so both count prompt tokens alike.
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
