@@ -15,6 +15,7 @@ from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.text import TextParams
 
 FINISH_REASONS = ("stop", "length")
+DEFAULT_CONCURRENT_REQUESTS = 8  # requests a model runs together when max_running_requests is 0
 
 
 @dataclass(frozen=True)

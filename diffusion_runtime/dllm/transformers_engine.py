@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from diffusion_runtime.dllm.base import TextDelta, TextEngineConfig, prompt_token_ids
+from diffusion_runtime.dllm.base import DEFAULT_CONCURRENT_REQUESTS, TextDelta, TextEngineConfig, prompt_token_ids
 from diffusion_runtime.dllm.batching import BatchedDecoder
 from diffusion_runtime.dllm.decoder import DecodeSettings
 from diffusion_runtime.dllm.detokenize import AnswerText
@@ -54,9 +54,6 @@ def eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
     return ids
 
 
-DEFAULT_BATCH = 8  # requests decoded together when ``max_running_requests`` is 0
-
-
 class TransformersTextEngine:
     name = "transformers"
 
@@ -78,7 +75,7 @@ class TransformersTextEngine:
         self.mask_id = int(mask_id)
         self.eos_ids = eos_token_ids(self.tokenizer, self.model)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
-        self.max_concurrent = config.max_running_requests or DEFAULT_BATCH
+        self.max_concurrent = config.max_running_requests or DEFAULT_CONCURRENT_REQUESTS
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.mask_id
         self.batcher = BatchedDecoder(self._logits, pad_id=pad_id, max_batch=self.max_concurrent, device=config.device)
         self._tokenizer_lock = threading.Lock()  # encoding may change a fast tokenizer's settings: one at a time
