@@ -120,19 +120,19 @@ MINI_WAN_VAE = dict(
     base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
 
+# What both diffusion LMs share: a gated SiLU MLP, RMS norms, plain rotary positions, widths of 2048, heads of 128.
+DLLM_COMMON = dict(hidden_act="silu", rms_norm_eps=1e-6, rope_scaling=None, hidden_size=2048, head_dim=128)
 LLADA2_MINI = dict(
+    **DLLM_COMMON,
     architectures=["LLaDA2MoeModelLM"],
     model_type="llada2_moe",
     vocab_size=157184,
-    hidden_size=2048,
     intermediate_size=5120,
     num_hidden_layers=20,
     num_attention_heads=16,
     num_key_value_heads=4,
-    head_dim=128,
     partial_rotary_factor=0.5,
     rope_theta=600000.0,
-    rope_scaling=None,
     max_position_embeddings=8192,
     num_experts=256,
     num_shared_experts=1,
@@ -148,27 +148,21 @@ LLADA2_MINI = dict(
     use_qk_norm=True,
     use_bias=False,
     use_qkv_bias=False,
-    hidden_act="silu",
-    rms_norm_eps=1e-6,
     embedding_dropout=0.0,
     tie_word_embeddings=False,
 )
 SDAR_1_7B = dict(
+    **DLLM_COMMON,
     architectures=["SDARForCausalLM"],
     model_type="sdar",
     vocab_size=151936,
-    hidden_size=2048,
     intermediate_size=6144,
     num_hidden_layers=28,
     num_attention_heads=16,
     num_key_value_heads=8,
-    head_dim=128,
     rope_theta=1000000.0,
-    rope_scaling=None,
     max_position_embeddings=32768,
     attention_bias=False,
-    hidden_act="silu",
-    rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
 MINI_LM = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16)
