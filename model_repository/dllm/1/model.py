@@ -56,6 +56,31 @@ def _response(delta: TextDelta, wanted: frozenset[str]):
     return inference_response(pb_utils, outputs, wanted)
 
 
+class RequestStream:
+    """A request's response sender, shared by its worker thread (which sends) and the decoder's batch thread (which
+    asks whether the request was cancelled, between steps). Once the final response is sent the sender's response
+    factory is gone, and asking it then crashes tritonserver (seen: a segfault in
+    ``TRITONBACKEND_ResponseFactoryIsCancelled`` when a stop string ended a request while the batch thread asked);
+    so the two never overlap, and a finished request reads as not cancelled. The request object itself is not
+    asked at all: after ``execute`` returns Triton may have released it."""
+
+    def __init__(self, sender) -> None:
+        self._sender = sender
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def is_cancelled(self) -> bool:
+        with self._lock:
+            return not self._finished and self._sender.is_cancelled()
+
+    def send(self, response, flags: int = 0) -> None:
+        with self._lock:
+            if self._finished:
+                raise RuntimeError("the request's final response was already sent")
+            self._finished = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._sender.send(response, flags=flags)
+
+
 class TritonPythonModel(DiffusionModel):
     contract = TEXT
     pb_utils = pb_utils
@@ -80,23 +105,23 @@ class TritonPythonModel(DiffusionModel):
                 self.fail(sender, exc)
                 continue
             self.places.acquire()  # released by the worker when the request ends
-            self.workers.submit(self._run, request, sender, params, wanted, stream)
+            self.workers.submit(self._run, RequestStream(sender), params, wanted, stream)
         return None
 
-    def _run(self, request, sender, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
+    def _run(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
         """On a worker thread: the whole generation, ending in its final response or its error."""
         try:
-            self._generate(request, sender, params, wanted, stream)
+            self._generate(sender, params, wanted, stream)
             self.metrics.request("success")
         except Exception as exc:
             self.fail(sender, exc)
         finally:
             self.places.release()
 
-    def _generate(self, request, sender, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
+    def _generate(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
         held: list[str] = []
         start = time.perf_counter()
-        deltas = self.engine.generate(params, cancellation_check(request))
+        deltas = self.engine.generate(params, cancellation_check(sender))
         try:
             for delta in deltas:
                 if delta.finish_reason is not None:
