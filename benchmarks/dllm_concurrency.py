@@ -3,9 +3,10 @@
 ``python -m benchmarks.dllm_concurrency`` serves a dLLM (the tiny masked LM built locally unless ``--model`` names a
 checkpoint folder), then, in interleaved rounds, sends ``--requests`` non-streamed ``/v1/completions`` at each
 concurrency (1, then 8, then 1 again, ...) and counts the completion tokens that came back per second of wall time.
-The dllm model decodes requests in flight together (one batched forward per refinement step), so tokens/s should
-grow with concurrency; the goal on a GPU is at least 4x at concurrency 8. Prints a table and writes
-``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
+The dllm model is served with ``max_running_requests`` set to the highest concurrency, so it decodes the requests in
+flight together (one batched forward per refinement step) and tokens/s should grow with concurrency; the goal on a
+GPU is at least 4x at concurrency 8 (``--max-running-requests 1`` measures the one-at-a-time default instead).
+Prints a table and writes ``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
 
 On a GPU host (every visible GPU unless ``--gpus``; one instance per GPU)::
 
@@ -114,7 +115,7 @@ def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
         "model_path": str(args.model),
         "served_model_name": SERVED_NAME,
         "engine": args.engine,
-        "max_running_requests": str(max(args.concurrency)),
+        "max_running_requests": str(args.max_running_requests or max(args.concurrency)),
         "max_tokens": str(max(4096, args.max_tokens)),
     }
     if args.cpu_threads:
@@ -192,6 +193,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", default="", help="GPU indices, comma separated (default: none, the CPU)")
     parser.add_argument("--concurrency", default="1,8", help="levels, the first is the baseline")
     parser.add_argument("--requests", type=int, default=16, help="completions per level and round")
+    parser.add_argument(
+        "--max-running-requests",
+        type=int,
+        default=0,
+        help="the model's max_running_requests (default: the highest concurrency; 1: one request at a time)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)

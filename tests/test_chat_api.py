@@ -208,9 +208,18 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(
         next(stacks, None)
 
 
-def test_concurrent_requests_are_decoded_together_and_answer_as_alone(stack: Stack) -> None:
+@pytest.fixture(scope="module")
+def batching_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The model with requests run together (``max_running_requests`` 8; the default runs one at a time)."""
+    spec = dllm_spec(tiny_models)
+    spec = ModelSpec(spec.triton_name, {**spec.parameters, "max_running_requests": "8"})
+    yield from start_stack([spec], tmp_path_factory.mktemp("dllm-batching"))
+
+
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(batching_stack: Stack) -> None:
     """Eight streams at once (different seeds, prompts and lengths) are in progress together, and each gets the
     text it gets alone: the model decodes them in one batch without mixing them up."""
+    stack = batching_stack
     requests = [
         {
             "messages": [{"role": "user", "content": "Tell me story " * (i + 1)}],

@@ -15,7 +15,8 @@ from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.text import TextParams
 
 FINISH_REASONS = ("stop", "length")
-DEFAULT_CONCURRENT_REQUESTS = 8  # requests a model runs together when max_running_requests is 0
+# Requests a model runs together when max_running_requests is 0: one (see the dllm model.py for why not more).
+DEFAULT_CONCURRENT_REQUESTS = 1
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class TextEngineConfig:
     mask_token_id: int | None = None  # None: the tokenizer's mask token
     dllm_algorithm: str = "LowConfidence"
     dllm_algorithm_config: str = ""  # a YAML file for SGLang's algorithm (block_size, threshold, ...)
-    max_running_requests: int = 0  # requests decoded together; 0: the engine's default
+    max_running_requests: int = 0  # requests run together; 0: DEFAULT_CONCURRENT_REQUESTS
     sglang_args: str = ""  # JSON object of further sglang.Engine kwargs
 
     @classmethod

@@ -1,20 +1,25 @@
 """Triton glue for diffusion-LM text generation (decoupled): tensors in, engine deltas out as responses.
 
-Requests run concurrently, up to the engine's ``max_concurrent`` (the transformers engine decodes them together:
-one batched forward per refinement step). ``execute`` reads and checks a request, then hands it to a worker thread
-and returns; when every place is taken it waits for one, so further requests stay in Triton's bounded queue (a full
-queue is answered 429 by the frontend). Every decoded block becomes one response carrying the new ``TEXT``; the
-last also carries the finish reason and token counts, and the FINAL flag (the aio gRPC client ignores an empty
-final response, so FINAL goes on the last real one). Errors become an error response with FINAL, per request; a
-request Triton marks cancelled leaves the batch between refinement steps and counts as ``GenerationCancelled``.
-``finalize`` waits for the worker threads before the engine closes.
-"""
+By default (``max_running_requests`` 0 or 1) each request is decoded inside ``execute``, one at a time, every
+Triton call on ``execute``'s thread. With ``max_running_requests`` above 1, requests run together: ``execute`` reads
+and checks a request, hands it to a worker thread and returns (waiting first for a free place, so further requests
+stay in Triton's bounded queue, answered 429 by the frontend when full), and the transformers engine decodes the
+requests in flight together, one batched forward per refinement step. That mode is opt-in because Triton 2.51's
+Python backend (the embedded server) crashed under sustained concurrent load with many decoupled requests in flight
+(see ``RequestStream``); run it on a Triton that holds up, and measure there.
+
+Every decoded block becomes one response carrying the new ``TEXT``; the last also carries the finish reason and
+token counts, and the FINAL flag (the aio gRPC client ignores an empty final response, so FINAL goes on the last
+real one). Errors become an error response with FINAL, per request; a request Triton marks cancelled stops after
+the block in progress and counts as ``GenerationCancelled``. ``finalize`` waits for the worker threads before the
+engine closes."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -56,15 +61,26 @@ def _response(delta: TextDelta, wanted: frozenset[str]):
     return inference_response(pb_utils, outputs, wanted)
 
 
-class RequestStream:
-    """A request's response sender, shared by its worker thread (which sends) and the decoder's batch thread (which
-    asks whether the request was cancelled, between steps). Once the final response is sent the sender's response
-    factory is gone, and asking it then crashes tritonserver (seen: a segfault in
-    ``TRITONBACKEND_ResponseFactoryIsCancelled`` when a stop string ended a request while the batch thread asked);
-    so the two never overlap, and a finished request reads as not cancelled. The request object itself is not
-    asked at all: after ``execute`` returns Triton may have released it."""
+def _decoding_step(done: int, total: int) -> None:
+    """The engine's step hook: nothing to do between steps (cancellation is asked per block, in ``_generate``)."""
 
-    def __init__(self, sender) -> None:
+
+class RequestStream:
+    """A request in flight after ``execute`` returned: its response sender, shared by its worker thread (which sends)
+    and the decoder's batch thread (which asks, between steps, whether it was cancelled).
+
+    What Triton 2.51's Python backend needs, as far as it was found on a CPU (8 concurrent clients, a loaded host):
+    - Sending and asking never overlap, and nothing is asked after the final response: the sender's response
+      factory is gone then (seen: a segfault in ``TRITONBACKEND_ResponseFactoryIsCancelled`` when a stop string
+      ended a request while the batch thread asked). A finished request reads as not cancelled.
+    - The request object outlives its final response (the model keeps the last ``RETIRED_REQUESTS``).
+    Even so, with 8 requests in flight tritonserver still died within a minute of sustained load (segfaults in
+    ``libtriton_python.so``, or ``boost::interprocess::lock_exception``), whether cancellation was asked from the
+    batch thread, from each request's own thread, or not at all, and with every Triton call behind one lock;
+    the same load through the one-at-a-time path ran clean. Hence that path is the default."""
+
+    def __init__(self, request, sender) -> None:
+        self._request = request
         self._sender = sender
         self._lock = threading.Lock()
         self._finished = False
@@ -81,6 +97,9 @@ class RequestStream:
             self._sender.send(response, flags=flags)
 
 
+RETIRED_REQUESTS = 256  # finished requests kept alive (see RequestStream)
+
+
 class TritonPythonModel(DiffusionModel):
     contract = TEXT
     pb_utils = pb_utils
@@ -88,8 +107,10 @@ class TritonPythonModel(DiffusionModel):
     def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = TextLimits.from_parameters(parameters)
         self.engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
-        self.places = threading.BoundedSemaphore(self.engine.max_concurrent)
-        self.workers = ThreadPoolExecutor(max_workers=self.engine.max_concurrent, thread_name_prefix="dllm")
+        together = self.engine.max_concurrent
+        self.places = threading.BoundedSemaphore(together)
+        self.workers = ThreadPoolExecutor(together, thread_name_prefix="dllm") if together > 1 else None
+        self.retired: deque[RequestStream] = deque(maxlen=RETIRED_REQUESTS)
 
     def execute(self, requests):
         for request in requests:
@@ -104,40 +125,51 @@ class TritonPythonModel(DiffusionModel):
             except Exception as exc:  # one bad request never takes the others (or the stub) down
                 self.fail(sender, exc)
                 continue
+            if self.workers is None:  # one request at a time: decoded here, every Triton call on execute's thread
+                self._run(RequestStream(request, sender), params, wanted, stream)
+                continue
             self.places.acquire()  # released by the worker when the request ends
-            self.workers.submit(self._run, RequestStream(sender), params, wanted, stream)
+            self.workers.submit(self._run, RequestStream(request, sender), params, wanted, stream)
         return None
 
     def _run(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
-        """On a worker thread: the whole generation, ending in its final response or its error."""
+        """The whole generation, ending in its final response or its error (on a worker thread when requests run
+        together)."""
         try:
             self._generate(sender, params, wanted, stream)
             self.metrics.request("success")
         except Exception as exc:
             self.fail(sender, exc)
         finally:
+            self.retired.append(sender)
             self.places.release()
 
     def _generate(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
+        """Cancellation is asked here, by the request's own thread, before decoding and after each block: asked from
+        the decoder's batch thread between steps, tritonserver aborted under load."""
         held: list[str] = []
         start = time.perf_counter()
-        deltas = self.engine.generate(params, cancellation_check(sender))
+        check_cancelled = cancellation_check(sender)
+        check_cancelled(0, params.steps)  # cancelled while queued: no work
+        deltas = self.engine.generate(params, _decoding_step)
         try:
-            for delta in deltas:
+            for block, delta in enumerate(deltas, start=1):
                 if delta.finish_reason is not None:
                     self.metrics.steps(delta.steps)
                     whole = replace(delta, text="".join(held) + delta.text)
                     sender.send(_response(whole, wanted), flags=self.final)
                     return
+                check_cancelled(block, params.steps)
                 if stream:
                     sender.send(_response(delta, wanted))
                 else:
                     held.append(delta.text)
         finally:
-            deltas.close()  # a failed send leaves the batch at once
+            deltas.close()  # a cancelled request or a failed send leaves the batch at once
             self.metrics.seconds("denoise", time.perf_counter() - start)
         raise EngineFailure("the engine stopped without a finish reason")
 
     def finalize(self) -> None:
-        self.workers.shutdown(wait=True)
+        if self.workers is not None:
+            self.workers.shutdown(wait=True)
         super().finalize()
