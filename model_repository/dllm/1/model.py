@@ -66,13 +66,13 @@ def _decoding_step(done: int, total: int) -> None:
 
 
 class RequestStream:
-    """A request in flight after ``execute`` returned: its response sender, shared by its worker thread (which sends)
-    and the decoder's batch thread (which asks, between steps, whether it was cancelled).
+    """A request's response sender, through which its responses are sent and its cancellation asked, and the request
+    object kept with it. Requests running together are in flight after ``execute`` returned, on worker threads.
 
     What Triton 2.51's Python backend needs, as far as it was found on a CPU (8 concurrent clients, a loaded host):
     - Sending and asking never overlap, and nothing is asked after the final response: the sender's response
       factory is gone then (seen: a segfault in ``TRITONBACKEND_ResponseFactoryIsCancelled`` when a stop string
-      ended a request while the batch thread asked). A finished request reads as not cancelled.
+      ended a request while the decoder's batch thread asked). A finished request reads as not cancelled.
     - The request object outlives its final response (the model keeps the last ``RETIRED_REQUESTS``).
     Even so, with 8 requests in flight tritonserver still died within a minute of sustained load (segfaults in
     ``libtriton_python.so``, or ``boost::interprocess::lock_exception``), whether cancellation was asked from the
@@ -125,11 +125,11 @@ class TritonPythonModel(DiffusionModel):
             except Exception as exc:  # one bad request never takes the others (or the stub) down
                 self.fail(sender, exc)
                 continue
+            self.places.acquire()  # released when the request ends
             if self.workers is None:  # one request at a time: decoded here, every Triton call on execute's thread
                 self._run(RequestStream(request, sender), params, wanted, stream)
-                continue
-            self.places.acquire()  # released by the worker when the request ends
-            self.workers.submit(self._run, RequestStream(request, sender), params, wanted, stream)
+            else:
+                self.workers.submit(self._run, RequestStream(request, sender), params, wanted, stream)
         return None
 
     def _run(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
@@ -145,8 +145,8 @@ class TritonPythonModel(DiffusionModel):
             self.places.release()
 
     def _generate(self, sender: RequestStream, params: TextParams, wanted: frozenset[str], stream: bool) -> None:
-        """Cancellation is asked here, by the request's own thread, before decoding and after each block: asked from
-        the decoder's batch thread between steps, tritonserver aborted under load."""
+        """Cancellation is asked here, before decoding and after each block, so every Triton call stays on the thread
+        that owns the request (``execute``'s, by default) rather than on the decoder's batch thread."""
         held: list[str] = []
         start = time.perf_counter()
         check_cancelled = cancellation_check(sender)
