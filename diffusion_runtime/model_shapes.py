@@ -127,6 +127,67 @@ TINY_CLIP_VISION = dict(
     hidden_act="gelu",
 )
 
+# The diffusion LMs SGLang's dLLM engine runs (config.json values as published): LLaDA2.0-mini
+# (LLaDA2MoeModelLM, ~16 B parameters in mixtures of experts) and SDAR-1.7B (SDARForCausalLM, Qwen3-1.7B's shape).
+# What both diffusion LMs share: a gated SiLU MLP, RMS norms, plain rotary positions, widths of 2048, heads of 128.
+DLLM_COMMON = dict(hidden_act="silu", rms_norm_eps=1e-6, rope_scaling=None, hidden_size=2048, head_dim=128)
+LLADA2_MINI = dict(
+    **DLLM_COMMON,
+    architectures=["LLaDA2MoeModelLM"],
+    model_type="llada2_moe",
+    vocab_size=157184,
+    intermediate_size=5120,
+    num_hidden_layers=20,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    partial_rotary_factor=0.5,
+    rope_theta=600000.0,
+    max_position_embeddings=8192,
+    num_experts=256,
+    num_shared_experts=1,
+    num_experts_per_tok=8,
+    moe_intermediate_size=512,
+    first_k_dense_replace=1,
+    n_group=8,
+    topk_group=4,
+    routed_scaling_factor=2.5,
+    score_function="sigmoid",
+    moe_router_enable_expert_bias=True,
+    norm_topk_prob=True,
+    use_qk_norm=True,
+    use_bias=False,
+    use_qkv_bias=False,
+    embedding_dropout=0.0,
+    tie_word_embeddings=False,
+)
+SDAR_1_7B = dict(
+    **DLLM_COMMON,
+    architectures=["SDARForCausalLM"],
+    model_type="sdar",
+    vocab_size=151936,
+    intermediate_size=6144,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    rope_theta=1000000.0,
+    max_position_embeddings=32768,
+    attention_bias=False,
+    tie_word_embeddings=True,
+)
+# Their tiny shapes: the same architectures at widths of 64.
+TINY_LM = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16)
+TINY_LLADA2 = {
+    **LLADA2_MINI,
+    **TINY_LM,
+    "num_key_value_heads": 2,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "n_group": 2,
+    "topk_group": 1,
+}
+TINY_SDAR = {**SDAR_1_7B, **TINY_LM, "num_key_value_heads": 2}
+
 
 def clip_text_config(tokenizer: Any, shape: dict[str, Any]) -> Any:
     """FLUX's CLIP text encoder config for ``tokenizer``'s vocabulary."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -203,6 +206,52 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(
         wait_for(lambda: cancelled(short) >= 2, timeout=60, message="both timed-out generations cancelled")
     finally:
         next(stacks, None)
+
+
+@pytest.fixture(scope="module")
+def batching_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The model with requests run together (``max_running_requests`` 8; the default runs one at a time)."""
+    spec = dllm_spec(tiny_models)
+    spec = ModelSpec(spec.triton_name, {**spec.parameters, "max_running_requests": "8"})
+    yield from start_stack([spec], tmp_path_factory.mktemp("dllm-batching"))
+
+
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(batching_stack: Stack) -> None:
+    """Eight streams at once (different seeds, prompts and lengths) are in progress together, and each gets the
+    text it gets alone: the model decodes them in one batch without mixing them up."""
+    stack = batching_stack
+    requests = [
+        {
+            "messages": [{"role": "user", "content": "Tell me story " * (i + 1)}],
+            "max_tokens": 32 + 8 * i,
+            "temperature": 0.9,
+            "seed": i,
+            "extra_body": {"block_length": 8},
+        }
+        for i in range(8)
+    ]
+    alone = [chat(stack, **r).choices[0].message.content for r in requests]
+    start = threading.Barrier(len(requests))
+
+    def stream(request: dict) -> tuple[str, float, float]:
+        start.wait()
+        first = None
+        chunks = []
+        for chunk in chat(stack, stream=True, **request):
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.monotonic()
+            chunks.append(chunk)
+        return streamed_text(chunks), first, time.monotonic()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(stream, requests))
+    assert [text for text, _, _ in results] == alone
+    assert len(set(alone)) == len(alone)
+    # One after another, a request's first text would come after the previous one ended: no two of these windows
+    # would overlap.
+    streaming = [(first, end) for _, first, end in results]
+    overlapping = max(sum(first <= moment < end for first, end in streaming) for moment, _ in streaming)
+    assert overlapping >= 4, f"at most {overlapping} requests were streaming at the same moment"
 
 
 def test_client_disconnect_stops_decoding(stack: Stack) -> None:

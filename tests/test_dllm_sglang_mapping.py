@@ -5,13 +5,22 @@ imports, the argument names are checked against its own ``ServerArgs``, ``Sampli
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from diffusion_runtime.dllm import TextEngineConfig
-from diffusion_runtime.dllm.sglang_engine import chunk_delta, engine_kwargs, finish_reason, sampling_params
+from diffusion_runtime.dllm import TextEngineConfig, create_text_engine, text_engine_name
+from diffusion_runtime.dllm.sglang_engine import (
+    LoopThread,
+    chunk_delta,
+    engine_kwargs,
+    finish_reason,
+    sampling_params,
+)
 from diffusion_runtime.errors import EngineFailure
 from diffusion_runtime.params.text import TextLimits, validate_text_params
 
@@ -54,10 +63,10 @@ def test_engine_kwargs_defaults_leave_sglang_its_own() -> None:
 
 
 def test_engine_choice() -> None:
-    assert TextEngineConfig(model_path="m", engine="auto", device="cpu").resolved_engine() == "transformers"
-    assert TextEngineConfig(model_path="m", engine="sglang", device="cpu").resolved_engine() == "sglang"
-    with pytest.raises(ValueError):
-        TextEngineConfig.from_parameters({"engine": "diffusers"}, "cpu")
+    assert text_engine_name(TextEngineConfig(model_path="m", engine="auto", device="cpu")) == "transformers"
+    assert text_engine_name(TextEngineConfig(model_path="m", engine="sglang", device="cpu")) == "sglang"
+    with pytest.raises(ValueError, match="auto or one of"):
+        create_text_engine(TextEngineConfig.from_parameters({"engine": "diffusers"}, "cpu"))
     with pytest.raises(ValueError):
         engine_kwargs(TextEngineConfig(model_path="m", sglang_args="[1]"))
 
@@ -114,3 +123,42 @@ def test_argument_names_exist_in_sglang() -> None:
     params = validate_text_params(TextLimits(), prompt="p", stop="x")
     assert set(sampling_params(params)) <= set(SamplingParams.__struct_fields__)
     assert {"input_ids", "sampling_params", "stream", "rid"} <= {f.name for f in dataclasses.fields(GenerateReqInput)}
+    from sglang.srt.entrypoints.engine import Engine
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+    assert {"input_ids", "sampling_params", "stream", "rid"} <= set(inspect.signature(Engine.async_generate).parameters)
+    assert "rid" in inspect.signature(TokenizerManager.abort_request).parameters
+
+
+def test_requests_from_several_threads_share_one_event_loop() -> None:
+    """What lets concurrent requests reach SGLang together: each thread iterates its own async stream on one
+    loop. The streams wait for each other (a barrier on the loop), so they finish only if they run at once."""
+    loop_thread = LoopThread(asyncio.new_event_loop())
+    arrived = 0
+    everyone = asyncio.Event()
+    closed: list[int] = []
+
+    async def stream(index: int):
+        nonlocal arrived
+        try:
+            yield f"{index}:first"
+            arrived += 1
+            if arrived == 4:
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), 10)
+            yield f"{index}:second"
+        finally:
+            closed.append(index)
+
+    def consume(index: int) -> list[str]:
+        return list(loop_thread.iterate(stream(index)))
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(consume, range(4))) == [[f"{i}:first", f"{i}:second"] for i in range(4)]
+        left = loop_thread.iterate(stream(9))
+        assert next(left) == "9:first"
+        left.close()  # a reader that leaves closes its stream on the loop
+        assert sorted(closed) == [0, 1, 2, 3, 9]
+    finally:
+        loop_thread.stop()

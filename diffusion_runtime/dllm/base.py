@@ -1,14 +1,11 @@
-"""The text engine seam: what the ``dllm`` model.py calls, whichever library runs the diffusion LM.
+"""The text engine interface: what the ``dllm`` model.py calls, whichever library runs the diffusion LM.
 
-Engines are chosen by the ``engine`` parameter: ``sglang`` (``sglang.Engine`` with a ``dllm_algorithm``; CUDA
-only), ``transformers`` (any masked LM that transformers loads, decoded by this package's own low-confidence
-remasking; CPU or GPU), or ``auto`` — SGLang on a CUDA host where it imports, transformers otherwise (the same
-rule as the image engines, ``EngineConfig.resolved_engine``).
+This module knows no engine: each engine module imports it, and ``dllm.registry`` (which picks an engine from the
+``engine`` parameter) imports the chosen engine lazily, so nothing here imports in a circle.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,10 +14,9 @@ from diffusion_runtime.engines.base import EngineConfig, StepHook, json_object
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.text import TextParams
 
-log = logging.getLogger(__name__)
-
-TEXT_ENGINES = ("auto", "sglang", "transformers")
 FINISH_REASONS = ("stop", "length")
+# Requests a model runs together when max_running_requests is 0: one (see the dllm model.py for why not more).
+DEFAULT_CONCURRENT_REQUESTS = 1
 
 
 @dataclass(frozen=True)
@@ -28,7 +24,7 @@ class TextEngineConfig:
     """Engine settings from the ``dllm`` model's config parameters (see its ``config.pbtxt``)."""
 
     model_path: str
-    engine: str = "auto"
+    engine: str = "auto"  # a name in ``dllm.registry.TEXT_ENGINES``, or auto
     device: str = "cpu"
     dtype: str = "auto"
     num_gpus: int = 1
@@ -37,7 +33,7 @@ class TextEngineConfig:
     mask_token_id: int | None = None  # None: the tokenizer's mask token
     dllm_algorithm: str = "LowConfidence"
     dllm_algorithm_config: str = ""  # a YAML file for SGLang's algorithm (block_size, threshold, ...)
-    max_running_requests: int = 0  # SGLang's concurrent requests; 0: SGLang's default
+    max_running_requests: int = 0  # requests run together; 0: DEFAULT_CONCURRENT_REQUESTS
     sglang_args: str = ""  # JSON object of further sglang.Engine kwargs
 
     @classmethod
@@ -46,13 +42,10 @@ class TextEngineConfig:
             value = parameters.get(key, "")
             return value.strip() if value.strip() else default
 
-        engine = get("engine", "auto").lower()
-        if engine not in TEXT_ENGINES:
-            raise ValueError(f"engine must be one of {TEXT_ENGINES} for a text model, got {engine!r}")
         mask = get("mask_token_id", "")
         return cls(
             model_path=get("model_path", ""),
-            engine=engine,
+            engine=get("engine", "auto").lower(),
             device=device,
             dtype=get("dtype", "auto"),
             num_gpus=int(get("num_gpus", "1")),
@@ -65,17 +58,12 @@ class TextEngineConfig:
             sglang_args=get("sglang_args", ""),
         )
 
-    def _image_rules(self) -> EngineConfig:
+    def image_rules(self) -> EngineConfig:
         """The image engines' config, whose device rules (auto engine, auto dtype) text engines share."""
         return EngineConfig(model_path=self.model_path, engine="auto", device=self.device, dtype=self.dtype)
 
-    def resolved_engine(self) -> str:
-        if self.engine != "auto":
-            return self.engine
-        return "sglang" if self._image_rules().resolved_engine() == "sglang" else "transformers"
-
     def torch_dtype(self):  # -> torch.dtype
-        return self._image_rules().torch_dtype()
+        return self.image_rules().torch_dtype()
 
     def sglang_extra_args(self) -> dict[str, Any]:
         return json_object(self.sglang_args, "sglang_args")
@@ -95,9 +83,12 @@ class TextDelta:
 
 class TextEngine(Protocol):
     """Prompt or messages in, text deltas out. The last item yielded always carries ``finish_reason``;
-    ``on_step`` runs between refinement steps (or streamed chunks) and may raise ``GenerationCancelled``."""
+    ``on_step`` runs between refinement steps (or streamed chunks) and may raise ``GenerationCancelled``.
+    ``generate`` may be called from ``max_concurrent`` threads at once (the model runs that many requests
+    together); closing the iterator early abandons the request."""
 
     name: str
+    max_concurrent: int
 
     def generate(self, params: TextParams, on_step: StepHook) -> Iterator[TextDelta]: ...
 
@@ -113,15 +104,3 @@ def prompt_token_ids(tokenizer: Any, params: TextParams) -> list[int]:
         text = tokenizer.apply_chat_template(params.message_dicts(), add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(params.prompt)["input_ids"])
-
-
-def create_text_engine(config: TextEngineConfig) -> TextEngine:
-    engine = config.resolved_engine()
-    log.info("text engine %s for %s on %s", engine, config.model_path, config.device)
-    if engine == "sglang":
-        from diffusion_runtime.dllm.sglang_engine import SGLangTextEngine
-
-        return SGLangTextEngine(config)
-    from diffusion_runtime.dllm.transformers_engine import TransformersTextEngine
-
-    return TransformersTextEngine(config)

@@ -82,6 +82,84 @@ def _predict(logits: torch.Tensor, temperature: float, generator: torch.Generato
     return (logits.double() / temperature + gumbel.to(logits.device)).argmax(dim=-1)
 
 
+class RequestDecoding:
+    """One request's decoding state, advanced one refinement step at a time by whoever runs the model: alone
+    (``decode_blocks``) or in a batch with other requests (``batching.BatchedDecoder``). Every decision is made
+    here from the request's own logits row and its own seeded generator, so a request decodes the same answer
+    whatever it is batched with."""
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        settings: DecodeSettings,
+        *,
+        mask_id: int,
+        eos_ids: Collection[int] = (),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.settings = settings
+        self.mask_id = mask_id
+        self.sizes = block_sizes(settings.max_tokens, settings.block_length)
+        self.shares = step_shares(settings.steps, self.sizes)
+        self.total = sum(self.shares)
+        self.prompt_length = len(prompt_ids)
+        self.ids = torch.full((1, self.prompt_length + settings.max_tokens), mask_id, dtype=torch.long, device=device)
+        """The sequence so far, ``[1, L]``: prompt, finished blocks, and masks."""
+        self.ids[0, : self.prompt_length] = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
+        self._generator = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.temperature > 0 else None
+        self._eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device)
+        self.done = 0  # steps run
+        self.finished = False
+        self._index = 0  # the block being refined
+        self._start = self.prompt_length
+        self._used = 0  # steps run on this block
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    def answer_ids(self) -> torch.Tensor:
+        """The answer so far, masks included (a copy)."""
+        return self.ids[0, self.prompt_length :].clone()
+
+    def advance(self, logits: torch.Tensor) -> DecodedBlock | None:
+        """One refinement step of the current block from the model's logits for this sequence (``[L, vocab]``,
+        or ``[1, L, vocab]``). Returns the block once it is complete."""
+        size, share = self.sizes[self._index], self.shares[self._index]
+        block = self.ids[0, self._start : self._start + size]  # a view: writing it writes ids
+        masked = block == self.mask_id
+        remaining = int(masked.sum())
+        logits = logits.reshape(self.length, -1)[self._start : self._start + size].float().clone()  # ours to edit
+        logits[:, self.mask_id] = -math.inf  # a mask is never an answer
+        prediction = _predict(logits, self.settings.temperature, self._generator)
+        confidence = torch.softmax(logits, dim=-1).gather(-1, prediction.unsqueeze(-1)).squeeze(-1)
+        confidence = torch.where(masked, confidence, torch.full_like(confidence, -math.inf))
+        k = math.ceil(remaining / (share - self._used))
+        chosen = torch.zeros_like(masked)
+        chosen[torch.topk(confidence, k).indices] = True
+        if self.settings.threshold > 0:  # may finish the block before its share of steps
+            chosen |= masked & (confidence >= self.settings.threshold)
+        block[chosen] = prediction[chosen]
+        self.done += 1
+        self._used += 1
+        if bool((block == self.mask_id).any()):
+            return None
+        return self._finish_block(block)
+
+    def _finish_block(self, block: torch.Tensor) -> DecodedBlock:
+        ids = block.tolist()
+        hits = torch.isin(block, self._eos).nonzero() if self._eos.numel() else []
+        cut = int(hits[0]) if len(hits) else None
+        final = cut is not None or self._index == len(self.sizes) - 1
+        kept = tuple(ids if cut is None else ids[:cut])
+        decoded = DecodedBlock(self._index, kept, cut is not None, final, self._used)
+        self.finished = final
+        self._start += self.sizes[self._index]
+        self._index += 1
+        self._used = 0
+        return decoded
+
+
 def decode_blocks(
     logits_fn: LogitsFn,
     prompt_ids: Sequence[int],
@@ -93,48 +171,14 @@ def decode_blocks(
     on_step: StepHook | None = None,
     on_state: StateHook | None = None,
 ) -> Iterator[DecodedBlock]:
-    """Yield the answer block by block. ``on_step(steps_done, total_steps)`` runs before every step and may
-    raise (``GenerationCancelled``) to stop decoding there."""
-    sizes = block_sizes(settings.max_tokens, settings.block_length)
-    shares = step_shares(settings.steps, sizes)
-    total = sum(shares)
-    prompt_length = len(prompt_ids)
-    x = torch.full((1, prompt_length + settings.max_tokens), mask_id, dtype=torch.long, device=device)
-    x[0, :prompt_length] = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.temperature > 0 else None
-    eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    done = 0
-    start = prompt_length
-    for index, (size, share) in enumerate(zip(sizes, shares, strict=True)):
-        block = x[0, start : start + size]  # a view: writing it writes x
-        used = 0
-        for step in range(share):
-            masked = block == mask_id
-            remaining = int(masked.sum())
-            if remaining == 0:  # the threshold finished the block early
-                break
-            if on_step is not None:
-                on_step(done, total)
-            logits = logits_fn(x)[0, start : start + size].float().clone()  # ours to edit
-            logits[:, mask_id] = -math.inf  # a mask is never an answer
-            prediction = _predict(logits, settings.temperature, generator)
-            confidence = torch.softmax(logits, dim=-1).gather(-1, prediction.unsqueeze(-1)).squeeze(-1)
-            confidence = torch.where(masked, confidence, torch.full_like(confidence, -math.inf))
-            k = math.ceil(remaining / (share - step))
-            chosen = torch.zeros_like(masked)
-            chosen[torch.topk(confidence, k).indices] = True
-            if settings.threshold > 0:
-                chosen |= masked & (confidence >= settings.threshold)
-            block[chosen] = prediction[chosen]
-            done += 1
-            used += 1
-            if on_state is not None:
-                on_state(done, x[0, prompt_length:].clone())
-        ids = block.tolist()
-        hits = torch.isin(block, eos).nonzero() if eos.numel() else []
-        cut = int(hits[0]) if len(hits) else None
-        final = cut is not None or index == len(sizes) - 1
-        yield DecodedBlock(index, tuple(ids if cut is None else ids[:cut]), cut is not None, final, used)
-        if final:
-            return
-        start += size
+    """Yield one request's answer block by block. ``on_step(steps_done, total_steps)`` runs before every step
+    and may raise (``GenerationCancelled``) to stop decoding there."""
+    state = RequestDecoding(prompt_ids, settings, mask_id=mask_id, eos_ids=eos_ids, device=device)
+    while not state.finished:
+        if on_step is not None:
+            on_step(state.done, state.total)
+        block = state.advance(logits_fn(state.ids))
+        if on_state is not None:
+            on_state(state.done, state.answer_ids())
+        if block is not None:
+            yield block

@@ -5,15 +5,21 @@ Any checkpoint whose forward pass maps token ids to per-position vocabulary logi
 remote code (see ``load_model``; LLaDA-8B's mask id is 126336). The mask token id is the ``mask_token_id``
 parameter when set, else the tokenizer's mask token. Only the tiny ModernBERT model has run here (no hub
 access); real LLaDA checkpoints on this engine are untested.
+
+Requests running at the same time (the model calls ``generate`` from up to ``max_concurrent`` threads) are decoded
+together by one ``BatchedDecoder``: one forward per refinement step over all of them (see ``dllm.batching``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
-from diffusion_runtime.dllm.base import TextDelta, TextEngineConfig, prompt_token_ids
-from diffusion_runtime.dllm.decoder import DecodeSettings, decode_blocks
+from diffusion_runtime.dllm.base import DEFAULT_CONCURRENT_REQUESTS, TextDelta, TextEngineConfig, prompt_token_ids
+from diffusion_runtime.dllm.batching import BatchedDecoder
+from diffusion_runtime.dllm.decoder import DecodeSettings
 from diffusion_runtime.dllm.detokenize import AnswerText
 from diffusion_runtime.engines.base import StepHook
 from diffusion_runtime.errors import InvalidRequest
@@ -69,16 +75,22 @@ class TransformersTextEngine:
         self.mask_id = int(mask_id)
         self.eos_ids = eos_token_ids(self.tokenizer, self.model)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_concurrent = config.max_running_requests or DEFAULT_CONCURRENT_REQUESTS
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.mask_id
+        self.batcher = BatchedDecoder(self._logits, pad_id=pad_id, max_batch=self.max_concurrent, device=config.device)
+        self._tokenizer_lock = threading.Lock()  # encoding may change a fast tokenizer's settings: one at a time
 
-    def _logits(self, ids):
+    def _logits(self, ids, attention_mask=None):
+        """Logits ``[B, L, vocab]``; ``attention_mask`` hides the padding of shorter sequences in a batch."""
         import torch
 
         with torch.inference_mode():
-            return self.model(input_ids=ids).logits
+            return self.model(input_ids=ids, attention_mask=attention_mask).logits
 
     def generate(self, params: TextParams, on_step: StepHook) -> Iterator[TextDelta]:
         on_step(0, params.steps)  # a request cancelled while queued stops before any work
-        prompt_ids = prompt_token_ids(self.tokenizer, params)
+        with self._tokenizer_lock:
+            prompt_ids = prompt_token_ids(self.tokenizer, params)
         if self.context_length and len(prompt_ids) + params.max_tokens > self.context_length:
             raise InvalidRequest(
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
@@ -95,31 +107,27 @@ class TransformersTextEngine:
         )
         answer = AnswerText(self.tokenizer, params.stop)
         steps = 0
-        blocks = decode_blocks(
-            self._logits,
-            prompt_ids,
-            settings,
-            mask_id=self.mask_id,
-            eos_ids=self.eos_ids,
-            device=self.config.device,
-            on_step=on_step,
+        decoding = self.batcher.decode(
+            prompt_ids, settings, mask_id=self.mask_id, eos_ids=self.eos_ids, on_step=on_step
         )
-        for block in blocks:
-            steps += block.steps
-            text = answer.add(block.token_ids, final=block.final)
-            if not (answer.stopped or block.final):
-                yield TextDelta(text)
-                continue
-            # The eos token counts as generated, as autoregressive servers count it.
-            completion = answer.tokens_to_stop if answer.stopped else answer.token_count + int(block.eos)
-            yield TextDelta(
-                text,
-                finish_reason="stop" if answer.stopped or block.eos else "length",
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=completion,
-                steps=steps,
-            )
-            return
+        with closing(decoding) as blocks:  # a stop string or a reader that leaves takes the request out of the batch
+            for block in blocks:
+                steps += block.steps
+                text = answer.add(block.token_ids, final=block.final)
+                if not (answer.stopped or block.final):
+                    yield TextDelta(text)
+                    continue
+                # The eos token counts as generated, as autoregressive servers count it.
+                completion = answer.tokens_to_stop if answer.stopped else answer.token_count + int(block.eos)
+                yield TextDelta(
+                    text,
+                    finish_reason="stop" if answer.stopped or block.eos else "length",
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion,
+                    steps=steps,
+                )
+                return
 
     def close(self) -> None:
+        self.batcher.close()
         self.model = None

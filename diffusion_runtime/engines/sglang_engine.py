@@ -43,6 +43,55 @@ WORKER_CLEANUP_GRACE_S = 2.0  # for the workers' own cleanup after that answer, 
 WORKER_SIGNAL_WAIT_S = 1.0  # after SIGTERM, then after SIGKILL
 
 
+WAN_14B_WIDTH = 5120  # Wan2.1-14B's hidden size (40 heads x 128); the 1.3B model's is 1536, Wan2.2-TI2V-5B's 3072
+
+
+def read_config_json(path: str) -> dict[str, Any]:
+    """A checkpoint's JSON config file as a dict; empty when it is missing or not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def folder_model_id(model_path: str) -> str | None:
+    """The name SGLang registers a local diffusers folder's pipeline under, from the folder's own
+    ``model_index.json`` and ``transformer/config.json``; None where SGLang's own detection is left to decide (a hub
+    id, which SGLang knows by name; a pipeline class this does not map).
+
+    SGLang picks a pipeline config by the model's hub name, else by detectors that look at the folder's name and
+    pipeline class, and a detector matches a class name only for some families: a FLUX.1-dev folder named ``mini``
+    matches no FLUX.1 config and fails to load (``No configured precision for 'text_encoder_2'``), and any Wan
+    text-to-video folder, 14B included, gets the 1.3B config. So the name is derived here, as ``DiffGenerator``'s
+    ``model_id`` (``sglang_model_id`` overrides it). Wan2.1's 480P and 720P image-to-video checkpoints have the
+    same shapes: a folder gets the 480P config unless ``sglang_model_id`` names the other."""
+    if not os.path.isdir(model_path):
+        return None
+    index = read_config_json(os.path.join(model_path, "model_index.json"))
+    pipeline = index.get("_class_name")
+    transformer = read_config_json(os.path.join(model_path, "transformer", "config.json"))
+    width = int(transformer.get("num_attention_heads", 0)) * int(transformer.get("attention_head_dim", 0))
+    two_experts = bool((index.get("transformer_2") or [None])[0])  # Wan2.2 A14B: a second, low-noise transformer
+    if pipeline == "FluxPipeline":
+        if transformer.get("guidance_embeds") is False:
+            raise ValueError(
+                f"{model_path} is a FLUX.1-schnell-shaped pipeline (no guidance embedding), for which SGLang has no "
+                "native config: set the engine parameter to diffusers, or sglang_model_id to a model SGLang knows"
+            )
+        return "FLUX.1-dev"
+    if pipeline == "WanPipeline":
+        if two_experts:
+            return "Wan2.2-T2V-A14B-Diffusers"
+        if width == 3072:
+            return "Wan2.2-TI2V-5B-Diffusers"
+        return "Wan2.1-T2V-14B-Diffusers" if width >= WAN_14B_WIDTH else "Wan2.1-T2V-1.3B-Diffusers"
+    if pipeline == "WanImageToVideoPipeline":
+        return "Wan2.2-I2V-A14B-Diffusers" if two_experts else "Wan2.1-I2V-14B-480P-Diffusers"
+    return None
+
+
 def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
     """``DiffGenerator.from_pretrained`` kwargs for a config (kept separate so it can be unit-tested)."""
     kwargs: dict[str, Any] = {
@@ -50,8 +99,9 @@ def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
         "backend": config.sglang_backend,
         "num_gpus": config.num_gpus,
     }
-    if config.sglang_model_id:
-        kwargs["model_id"] = config.sglang_model_id
+    model_id = config.sglang_model_id or folder_model_id(config.model_path)
+    if model_id:
+        kwargs["model_id"] = model_id
     if config.sglang_attention_backend:
         kwargs["attention_backend"] = config.sglang_attention_backend
     if config.sglang_sleep_on_idle:

@@ -13,13 +13,24 @@ per image, not per step: about 10 ms on an H100.
 FFN 8960, text width 4096) and the Wan 2.1 VAE (diffusers' defaults are its config), UniPC flow-matching scheduler
 (shift 3.0). The UMT5-XXL text encoder keeps its width (4096, 64 heads of 64, MLP 10240) with 1 of 24 layers.
 
+``llada2``: LLaDA2.0-mini (``inclusionAI/LLaDA2.0-mini``, architecture ``LLaDA2MoeModelLM``, what SGLang's diffusion-LM
+engine runs): 20 layers of width 2048, 16 query and 4 key-value heads of 128 (half of each rotated), a dense first
+layer (FFN 5120), then mixtures of 256 experts (FFN 512, 8 routed per token in 8 groups, 4 groups chosen, sigmoid
+scores with a bias) beside one shared expert; vocabulary 157,184 (SGLang's mask token is 156,895). About 16 B
+parameters. ``sdar``: SDAR-1.7B-Chat (``SDARForCausalLM``, Qwen3-1.7B's shape: 28 layers of width 2048, 16 query
+and 8 key-value heads of 128 with query/key norms, FFN 6144, tied embeddings, vocabulary 151,936), the fallback
+SGLang also runs. These widths are the published config.json values as written here, not read from the hub. Neither
+checkpoint's modelling code ships with transformers: the folder carries a configuration module of its own
+(``auto_map``), which is all SGLang reads besides the weights, named as in the published checkpoints. The tokenizer
+is the tiny LLaDA model's (its ids all fall inside either vocabulary), with its chat template.
+
 The shapes are the project's one table (``diffusion_runtime.model_shapes``). ``--mini`` builds the same classes
 at the tiny models' widths (the smoke test's "mini" shapes; dry runs on a CPU). Random weights
 are PyTorch's default initialisation, in bfloat16 (float32 with ``--mini``); a fixed seed makes the folder the same
 on every machine. Tokenizers and the FLUX scheduler come from a tiny model's folder (``TOKENIZERS``), by default the
 project's own tiny models (``diffusion_runtime.tiny_models``, built locally on first use), so no download is needed.
 
-usage: python -m scripts.gpu.make_models {flux,wan} OUT [TOKENIZERS] [--mini] [--device cuda]
+usage: python -m scripts.gpu.make_models {flux,wan,llada2,sdar} OUT [TOKENIZERS] [--mini] [--device cuda]
 """
 
 from __future__ import annotations
@@ -98,14 +109,145 @@ def build_wan(out: Path, tokenizers: Path, mini: bool, device: str):
     )
 
 
+def llada2_weight_shapes(c: Mapping) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a LLaDA2 MoE checkpoint, named as the published one (SGLang's ``llada2.py`` loads these)."""
+    h, hd, e = c["hidden_size"], c["head_dim"], c["num_experts"]
+    shapes: dict[str, tuple[int, ...]] = {"model.word_embeddings.weight": (c["vocab_size"], h)}
+    for i in range(c["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        shapes |= {
+            f"{layer}.input_layernorm.weight": (h,),
+            f"{layer}.attention.query_key_value.weight": (
+                (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd,
+                h,
+            ),
+            f"{layer}.attention.query_layernorm.weight": (hd,),
+            f"{layer}.attention.key_layernorm.weight": (hd,),
+            f"{layer}.attention.dense.weight": (h, c["num_attention_heads"] * hd),
+            f"{layer}.post_attention_layernorm.weight": (h,),
+        }
+        if i < c["first_k_dense_replace"]:
+            shapes |= _gated_mlp(f"{layer}.mlp", h, c["intermediate_size"])
+            continue
+        shapes |= {f"{layer}.mlp.gate.weight": (e, h), f"{layer}.mlp.gate.expert_bias": (e,)}
+        for j in range(e):
+            shapes |= _gated_mlp(f"{layer}.mlp.experts.{j}", h, c["moe_intermediate_size"])
+        shapes |= _gated_mlp(f"{layer}.mlp.shared_experts", h, c["moe_intermediate_size"] * c["num_shared_experts"])
+    return shapes | {"model.norm.weight": (h,), "lm_head.weight": (c["vocab_size"], h)}
+
+
+def sdar_weight_shapes(c: Mapping) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an SDAR (Qwen3-shaped) checkpoint, named as the published one (SGLang's ``sdar.py``)."""
+    h, hd = c["hidden_size"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c["vocab_size"], h)}
+    for i in range(c["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        shapes |= {
+            f"{layer}.input_layernorm.weight": (h,),
+            f"{layer}.self_attn.q_proj.weight": (q, h),
+            f"{layer}.self_attn.k_proj.weight": (kv, h),
+            f"{layer}.self_attn.v_proj.weight": (kv, h),
+            f"{layer}.self_attn.o_proj.weight": (h, q),
+            f"{layer}.self_attn.q_norm.weight": (hd,),
+            f"{layer}.self_attn.k_norm.weight": (hd,),
+            f"{layer}.post_attention_layernorm.weight": (h,),
+        } | _gated_mlp(f"{layer}.mlp", h, c["intermediate_size"])
+    shapes["model.norm.weight"] = (h,)
+    if not c["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (c["vocab_size"], h)
+    return shapes
+
+
+def _gated_mlp(prefix: str, hidden: int, inner: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.gate_proj.weight": (inner, hidden),
+        f"{prefix}.up_proj.weight": (inner, hidden),
+        f"{prefix}.down_proj.weight": (hidden, inner),
+    }
+
+
+CONFIG_MODULE = '''"""The checkpoint's configuration class: config.json holds every value, read as attributes."""
+
+from transformers import PretrainedConfig
+
+
+class {name}(PretrainedConfig):
+    model_type = "{model_type}"
+'''
+DLLM_SHAPES = {  # kind -> (shape, --mini shape, weight names and shapes, configuration class)
+    "llada2": (shapes.LLADA2_MINI, shapes.TINY_LLADA2, llada2_weight_shapes, "LLaDA2MoeConfig"),
+    "sdar": (shapes.SDAR_1_7B, shapes.TINY_SDAR, sdar_weight_shapes, "SDARConfig"),
+}
+SHARD_BYTES = 4 << 30
+
+
+def build_dllm(kind: str, out: Path, tokenizers: Path, mini: bool, device: str) -> dict[str, int]:
+    """Write a diffusion-LM checkpoint folder: config.json with its configuration module, random weights in
+    safetensors shards with an index, and the tokenizer. Linear weights are normal(0, 0.02) (as these models
+    initialise), norms one, router biases zero. Returns the parameter count."""
+    import torch
+    from safetensors.torch import save_file
+
+    shape, mini_shape, weight_shapes, config_class = DLLM_SHAPES[kind]
+    config = dict(mini_shape if mini else shape)
+    tokenizer = _tokenizer(tokenizers)
+    module = f"configuration_{config['model_type']}"
+    config |= {
+        "auto_map": {"AutoConfig": f"{module}.{config_class}"},
+        "torch_dtype": "float32" if mini else "bfloat16",
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    (out / f"{module}.py").write_text(CONFIG_MODULE.format(name=config_class, model_type=config["model_type"]))
+    tokenizer.save_pretrained(str(out))
+    generator = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.get_default_dtype()
+    shard: dict[str, torch.Tensor] = {}
+    shards: list[dict[str, torch.Tensor]] = [shard]
+    total = 0
+    for name, size in weight_shapes(config).items():
+        if name.endswith("expert_bias"):
+            tensor = torch.zeros(size, dtype=torch.float32, device=device)
+        elif len(size) == 1:
+            tensor = torch.ones(size, dtype=dtype, device=device)
+        else:
+            tensor = torch.empty(size, dtype=dtype, device=device).normal_(0.0, 0.02, generator=generator)
+        if sum(t.nbytes for t in shard.values()) + tensor.nbytes > SHARD_BYTES and shard:
+            shard = {}
+            shards.append(shard)
+        shard[name] = tensor
+        total += tensor.numel()
+    weight_map = {}
+    for index, tensors in enumerate(shards, start=1):
+        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(out / filename), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(tensors, filename)
+        tensors.clear()  # the GPU copy goes as soon as it is written
+    index_file = {"metadata": {"total_size": sum((out / f).stat().st_size for f in set(weight_map.values()))}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index_file | {"weight_map": weight_map}, indent=1))
+    return {"model": total}
+
+
 BUILDERS = {"flux": build_flux, "wan": build_wan}
-TOKENIZER_MODELS = {"flux": "tiny-flux", "wan": "tiny-wan-t2v"}  # the tiny model whose tokenizers each kind reuses
+TOKENIZER_MODELS = {  # the tiny model whose tokenizers each kind reuses
+    "flux": "tiny-flux",
+    "wan": "tiny-wan-t2v",
+    "llada2": "tiny-llada",
+    "sdar": "tiny-llada",
+}
 STAMP = "random_weights.json"
 
 
 def shape_digest(kind: str, mini: bool) -> str:
     """Names the shapes a folder was built with, so a folder built before a shape change is rebuilt."""
-    built = (FLUX_SHAPES if kind == "flux" else WAN_SHAPES)[mini]
+    if kind in DLLM_SHAPES:
+        built = DLLM_SHAPES[kind][1 if mini else 0]
+    else:
+        built = (FLUX_SHAPES if kind == "flux" else WAN_SHAPES)[mini]
     return hashlib.sha256(repr(built).encode()).hexdigest()[:12]
 
 
@@ -125,19 +267,23 @@ def build(kind: str, out: Path, tokenizers: Path | None = None, mini: bool = Fal
     torch.set_grad_enabled(False)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32 if mini else torch.bfloat16)
-    try:
-        pipe = BUILDERS[kind](out, tokenizers, mini, device)
-    finally:
-        torch.set_default_dtype(previous)
-    built = time.perf_counter()
-    params = {
-        name: sum(p.numel() for p in module.parameters())
-        for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module)
-    }
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp), max_shard_size="50GB")
+    try:
+        if kind in DLLM_SHAPES:  # written as it is made: a 16 B-parameter model never sits whole on the GPU
+            params = build_dllm(kind, tmp, tokenizers, mini, device)
+            built = time.perf_counter()
+        else:
+            pipe = BUILDERS[kind](out, tokenizers, mini, device)
+            built = time.perf_counter()
+            params = {
+                name: sum(p.numel() for p in module.parameters())
+                for name, module in pipe.components.items()
+                if isinstance(module, torch.nn.Module)
+            }
+            pipe.save_pretrained(str(tmp), max_shard_size="50GB")
+    finally:
+        torch.set_default_dtype(previous)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     info = {
@@ -186,7 +332,7 @@ def ensure_built(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=sorted(BUILDERS))
+    parser.add_argument("kind", choices=sorted([*BUILDERS, *DLLM_SHAPES]))
     parser.add_argument("out", type=Path)
     parser.add_argument(
         "tokenizers",

@@ -1,0 +1,256 @@
+"""dLLM tokens/s at concurrency 8 against concurrency 1, through the served stack (tritonserver + OpenAI frontend).
+
+``python -m benchmarks.dllm_concurrency`` serves a dLLM (the tiny masked LM built locally unless ``--model`` names a
+checkpoint folder), then, in interleaved rounds, sends ``--requests`` non-streamed ``/v1/completions`` at each
+concurrency (1, then 8, then 1 again, ...) and counts the completion tokens that came back per second of wall time.
+The dllm model is served with ``max_running_requests`` set to the highest concurrency, so it decodes the requests in
+flight together (one batched forward per refinement step) and tokens/s should grow with concurrency; the goal on a
+GPU is at least 4x at concurrency 8 (``--max-running-requests 1`` measures the one-at-a-time default instead).
+Prints a table and writes ``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
+
+On a GPU host (every visible GPU unless ``--gpus``; one instance per GPU)::
+
+    python -m benchmarks.dllm_concurrency --gpus 0 --model /models/LLaDA-8B-Instruct --mask-token-id 126336 \\
+        --engine transformers --max-tokens 128 --block-length 32 --rounds 5
+    python -m benchmarks.dllm_concurrency --gpus 0 --model /models/LLaDA2.0-mini --engine sglang
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.report import markdown_table, write_json
+from benchmarks.stats import paired_ratios, summarize
+from diffusion_runtime.launcher.processes import Frontend
+from diffusion_runtime.launcher.repository import ModelSpec
+from scripts.gpu.host import describe_device, library_versions
+from scripts.gpu.served_stack import start_frontend, start_triton
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVED_NAME = "dllm-bench"
+PROMPTS = (
+    "Tell me a story about a lighthouse keeper.",
+    "Explain how a masked diffusion language model writes an answer.",
+    "List three reasons to learn a second language.",
+    "Describe the water cycle to a child.",
+)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One measurement: ``requests`` completions sent by ``concurrency`` clients."""
+
+    concurrency: int
+    wall_s: float
+    tokens: int
+    latencies_s: list[float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+def completion_body(args: argparse.Namespace, index: int) -> dict[str, Any]:
+    """The request for one completion: fixed length (no stop), prompts and seeds varied so answers differ."""
+    return {
+        "model": SERVED_NAME,
+        "prompt": PROMPTS[index % len(PROMPTS)],
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": index,
+        "block_length": args.block_length,
+        "steps": args.steps or args.max_tokens,
+    }
+
+
+def run_level(url: str, args: argparse.Namespace, concurrency: int) -> Level:
+    """``args.requests`` completions (at least two per client) from ``concurrency`` client threads."""
+    count = max(args.requests, 2 * concurrency)
+    next_index = iter(range(count))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    tokens = 0
+
+    def client() -> None:
+        nonlocal tokens
+        with httpx.Client(timeout=args.request_timeout) as http:
+            while True:
+                with lock:
+                    index = next(next_index, None)
+                if index is None:
+                    return
+                start = time.perf_counter()
+                response = http.post(f"{url}/v1/completions", json=completion_body(args, index))
+                response.raise_for_status()
+                used = response.json()["usage"]["completion_tokens"]
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+                    tokens += used
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client) for _ in range(concurrency)]:
+            future.result()
+    return Level(concurrency, time.perf_counter() - start, tokens, latencies)
+
+
+@contextmanager
+def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
+    """tritonserver with the dllm model alone, and the frontend over it."""
+    parameters = {
+        "model_path": str(args.model),
+        "served_model_name": SERVED_NAME,
+        "engine": args.engine,
+        "max_running_requests": str(args.max_running_requests or max(args.concurrency)),
+        "max_tokens": str(max(4096, args.max_tokens)),
+    }
+    if args.cpu_threads:
+        parameters["cpu_threads"] = str(args.cpu_threads)
+    if args.mask_token_id is not None:
+        parameters["mask_token_id"] = str(args.mask_token_id)
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(workdir / "hf")}
+    triton = start_triton([ModelSpec("dllm", parameters)], args.gpu_list, workdir, env)
+    frontend = None
+    try:
+        frontend = start_frontend(triton, workdir, env, load_timeout=args.load_timeout)
+        yield frontend
+    finally:
+        if frontend is not None:
+            frontend.stop()
+        triton.stop()
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.work or tempfile.mkdtemp(prefix="dllm-concurrency-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
+    with served_dllm(args, workdir) as frontend:
+        for concurrency in args.concurrency:  # warm-up, not recorded
+            run_level(frontend.url, args, concurrency)
+        for round_index in range(args.rounds):
+            order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
+            for concurrency in order:
+                level = run_level(frontend.url, args, concurrency)
+                rounds[concurrency].append(level)
+                print(
+                    f"[dllm-concurrency] round {round_index + 1}/{args.rounds} concurrency {concurrency}: "
+                    f"{level.tokens_per_s:.1f} tokens/s",
+                    flush=True,
+                )
+    base = args.concurrency[0]
+    levels = {
+        str(c): {
+            "tokens_per_s": summarize([level.tokens_per_s for level in runs]),
+            "latency_ms": summarize([s for level in runs for s in level.latencies_s], 1000),
+            "requests_per_round": len(runs[0].latencies_s),
+            "tokens_per_round": [level.tokens for level in runs],
+        }
+        for c, runs in rounds.items()
+    }
+    ratios = {
+        str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in rounds[base]])
+        for c in args.concurrency[1:]
+    }
+    return {"levels": levels, "tokens_per_s_ratio_vs_concurrency_1": ratios, "workdir": str(workdir)}
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = []
+    for c, level in results["levels"].items():
+        ratio = results["tokens_per_s_ratio_vs_concurrency_1"].get(c)
+        rows.append(
+            [
+                c,
+                f"{level['tokens_per_s']['median']:.1f}",
+                f"{level['latency_ms']['p50']:.0f}",
+                f"{level['latency_ms']['p95']:.0f}",
+                f"{ratio['median']:.2f}x [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]" if ratio else "1x",
+            ]
+        )
+    header = ["concurrency", "tokens/s (median)", "latency p50 ms", "latency p95 ms", "tokens/s vs concurrency 1"]
+    return markdown_table(rows, header)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dllm_concurrency", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="a dLLM folder (default: the tiny model)")
+    parser.add_argument("--engine", default="transformers", help="transformers, sglang or auto")
+    parser.add_argument("--mask-token-id", type=int, default=None, help="when the tokenizer has no mask token")
+    parser.add_argument("--gpus", default="", help="GPU indices, comma separated (default: none, the CPU)")
+    parser.add_argument("--concurrency", default="1,8", help="levels, the first is the baseline")
+    parser.add_argument("--requests", type=int, default=16, help="completions per level and round")
+    parser.add_argument(
+        "--max-running-requests",
+        type=int,
+        default=0,
+        help="the model's max_running_requests (default: the highest concurrency; 1: one request at a time)",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=0, help="refinement steps per answer (0: one per token)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--cpu-threads", type=int, default=1, help="torch threads on a CPU (0: one per core)")
+    parser.add_argument("--load-timeout", type=float, default=1800)
+    parser.add_argument("--request-timeout", type=float, default=600)
+    parser.add_argument("--work", default=None, help="rendered repository and logs (default: a temp folder)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--date", default=dt.date.today().isoformat())
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.gpu_list = [int(g) for g in args.gpus.split(",") if g.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    if args.model is None:
+        from diffusion_runtime.tiny_models import ensure_tiny_models
+
+        args.model = ensure_tiny_models()["tiny-llada"]
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    results = measure(args)
+    device = "gpu" if args.gpu_list else "cpu"
+    record = {
+        "benchmark": "dllm_concurrency",
+        "date": args.date,
+        "started_at": started,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.dllm_concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_start": load_start,
+            "load_end": [round(x, 2) for x in os.getloadavg()],
+            "device": describe_device() if args.gpu_list else "cpu",
+            **library_versions(),
+        },
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out_dir", "work")
+        },
+        **results,
+    }
+    path = args.out_dir / f"dllm-concurrency-{device}-{args.date}.json"
+    write_json(record, path)
+    print(table(results))
+    print(f"[dllm-concurrency] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
