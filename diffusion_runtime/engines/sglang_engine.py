@@ -119,10 +119,8 @@ def native_transformer_problem(model_path: str) -> str | None:
     kernels SGLang's Wan transformer imports: text-to-video ran on diffusers' transformer unnoticed, and
     image-to-video failed at its first step with "'list' object has no attribute 'dtype'"). Importing the module
     the way SGLang's registry would surfaces the cause at load instead."""
-    try:
-        with open(os.path.join(model_path, "model_index.json")) as index:
-            library_and_class = json.load(index).get("transformer") or [None, None]
-    except (OSError, ValueError):
+    library_and_class = read_config_json(os.path.join(model_path, "model_index.json")).get("transformer")
+    if not isinstance(library_and_class, list) or len(library_and_class) != 2:
         return None
     from sglang.multimodal_gen.runtime.models.registry import ModelRegistry
 
