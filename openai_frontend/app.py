@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openai_frontend.context import FrontendContext, FrontendMetrics, FrontendSettings
 from openai_frontend.errors import install_error_handlers
+from openai_frontend.responses import JSONResponse
 from openai_frontend.routers import completions, images, media, models, observability, videos
 from openai_frontend.routers.playground import mount_playground
 from openai_frontend.security import ApiKeyMiddleware, BodyLimitMiddleware
@@ -49,7 +50,12 @@ def create_app(settings: FrontendSettings) -> FastAPI:
             store.close()
             await backend.close()
 
-    app = FastAPI(title="Triton diffusion: OpenAI-compatible API", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Triton diffusion: OpenAI-compatible API",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)

@@ -15,11 +15,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffusion_runtime.errors import InvalidRequest
 from openai_frontend.job_store import JobStoreUnavailable
+from openai_frontend.responses import JSONResponse
 from openai_frontend.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from openai_frontend import sse
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError
+from openai_frontend.responses import JSONResponse
 from openai_frontend.schemas.text import (
     AssistantMessage,
     ChatChoice,

@@ -8,7 +8,7 @@ import binascii
 import time
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from diffusion_runtime.media import decode_input_image, video_previews
 from diffusion_runtime.params import VideoParams, parse_size, validate_video_params
@@ -16,6 +16,7 @@ from diffusion_runtime.params.video import check_video_mode
 from openai_frontend.context import Ctx, FrontendContext
 from openai_frontend.errors import OpenAIError, invalid
 from openai_frontend.forms import MAX_UPLOAD_BYTES, parse_fields, read_multipart
+from openai_frontend.responses import JSONResponse
 from openai_frontend.schemas.common import inline_json_schema
 from openai_frontend.schemas.videos import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from openai_frontend.triton import ServedModel, cancel_on_disconnect
