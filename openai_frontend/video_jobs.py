@@ -154,13 +154,16 @@ class VideoJobRunner:
             self._slots[model.triton_name] = asyncio.Semaphore(max(1, model.instances))
         return self._slots[model.triton_name]
 
-    async def _run(self, job_id: str, model: ServedModel, params: VideoParams, image: bytes | None) -> None:
+    async def _run(self, job_id: str, model: ServedModel, params: VideoParams, image: bytes | None) -> bytes | None:
+        """The job, to its end; the MP4 when it completed here (a blocking create answers with it, rather than
+        reading back what was just stored)."""
         async with self._slot(model):
             try:
                 await self._step(job_id, 0)  # in_progress from here on
                 final = await self._generate(job_id, model, params, image)
                 key = media_key(job_id)
-                await asyncio.to_thread(self.storage.put, key, bytes(final["VIDEO"][0]), "video/mp4")
+                video = bytes(final["VIDEO"][0])
+                await asyncio.to_thread(self.storage.put, key, video, "video/mp4")
                 completed = {
                     "status": "completed",
                     "progress": 100,
@@ -168,8 +171,9 @@ class VideoJobRunner:
                     "media_key": key,
                     "inference_time_s": round(float(final["INFERENCE_TIME_S"][0]), 3),
                 }
-                if not await self._finish(job_id, completed):
-                    await self._forget_media_of_deleted(job_id)
+                if await self._finish(job_id, completed):
+                    return video
+                await self._forget_media_of_deleted(job_id)
             except asyncio.CancelledError:
                 raise
             except JobLost:
@@ -181,6 +185,7 @@ class VideoJobRunner:
             except Exception as exc:  # anything unexpected: the job fails, the server keeps going
                 log.exception("video job %s failed", job_id)
                 await self._fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        return None
 
     async def _fail(self, job_id: str, code: str, message: str) -> None:
         await self._finish(
@@ -275,15 +280,17 @@ class VideoJobRunner:
         self._reserve(model)
         self._launch(job.id, model, VideoParams(**claim.request), claim.input_image)
 
-    async def wait(self, job_id: str) -> VideoJob | None:
+    async def wait(self, job_id: str) -> tuple[VideoJob | None, bytes | None]:
         """Wait for a job to end without cancelling it if the waiter is cancelled (a job run elsewhere is
-        followed through the store)."""
+        followed through the store). Returns the job and, when it completed here, its MP4."""
         task = self._tasks.get(job_id)
+        video = None
         if task is not None:
             await asyncio.wait({task})
+            video = None if task.cancelled() or task.exception() is not None else task.result()
         while (job := await self.store.get(job_id)) is not None and job.status in PENDING:
             await asyncio.sleep(self.poll_interval)
-        return job
+        return job, video
 
     async def cancel(self, job_id: str) -> None:
         task = self._tasks.get(job_id)

@@ -110,6 +110,9 @@ def test_blocking_b64_json_and_seed_repeatability(video_stack: Stack) -> None:
     assert first["data"][0]["b64_json"] == again["data"][0]["b64_json"]
     assert first["seed"] == 1 and first["num_frames"] == 9
     assert mp4_shape(base64.b64decode(first["data"][0]["b64_json"]))[:3] == (9, 64, 64)
+    # The answer carries the very file the job stored (handed over in memory, not read back).
+    stored = httpx.get(f"{video_stack.url}/v1/videos/{first['id']}/content", timeout=60)
+    assert stored.status_code == 200 and stored.content == base64.b64decode(first["data"][0]["b64_json"])
 
 
 def test_image_to_video_from_a_multipart_upload(video_stack: Stack) -> None:

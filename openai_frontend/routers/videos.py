@@ -135,7 +135,7 @@ async def _job_or_404(video_id: str, ctx: FrontendContext) -> VideoJob:
 async def _blocking_result(request: Request, ctx: FrontendContext, job: VideoJob, response_format: str) -> JSONResponse:
     """The seed's form: wait for the job and answer with the finished video object and its data."""
     try:
-        finished = await cancel_on_disconnect(request, ctx.video_jobs.wait(job.id), ctx.settings.request_timeout)
+        finished, video = await cancel_on_disconnect(request, ctx.video_jobs.wait(job.id), ctx.settings.request_timeout)
     except OpenAIError:
         await ctx.video_jobs.abandon(job.id, "cancelled", "the client went away")
         raise
@@ -151,8 +151,10 @@ async def _blocking_result(request: Request, ctx: FrontendContext, job: VideoJob
         )
     body = finished.to_object()
     if response_format == "b64_json":
-        data = await asyncio.to_thread(ctx.storage.get, finished.media_key)
-        body["data"] = [{"b64_json": base64.b64encode(data or b"").decode("ascii")}]
+        if video is None:  # completed by another frontend (this one took over or followed it): from storage
+            video = await asyncio.to_thread(ctx.storage.get, finished.media_key)
+        encoded = await asyncio.to_thread(base64.b64encode, video or b"")  # megabytes: off the event loop
+        body["data"] = [{"b64_json": encoded.decode("ascii")}]
     else:
         body["data"] = [{"url": ctx.media_url(finished.media_key, request)}]
     return JSONResponse(body)
