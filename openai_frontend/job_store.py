@@ -15,6 +15,9 @@ never overwrite what the new one did.
 The schema is versioned (``MIGRATIONS``): each step runs once, in a transaction, in order, under a lock that
 keeps two frontends starting together from racing, so an upgrade keeps every job, even from the first,
 unversioned SQLite file.
+
+One file of about 400 lines on purpose: the columns, their migrations and the store's lease-conditional writes are
+one contract, and reading any of them means reading the others.
 """
 
 from __future__ import annotations
