@@ -342,14 +342,19 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
         )
         results.put([*key, "gpu_memory_mib"], gpu_memory())
     finally:
-        if served is not None:
-            served.stop()
-        else:
-            triton.stop()
-        if bare is not None:
-            bare.close()
-        del bare
-        release_gpu()
+        tear_down(triton, served, bare)
+
+
+def tear_down(triton: Any, served: Served | None, bare: Any) -> None:
+    """Stop the stack (the frontend too once it started) and the bare engine (closing it drops its pipeline), then
+    hand the GPU memory back."""
+    if served is not None:
+        served.stop()
+    else:
+        triton.stop()
+    if bare is not None:
+        bare.close()
+    release_gpu()
 
 
 def _bare_loop(bare: BareImage, size, steps: int, count: int) -> float:
@@ -449,14 +454,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
         )
         results.put([*key, "gpu_memory_mib"], gpu_memory())
     finally:
-        if served is not None:
-            served.stop()
-        else:
-            triton.stop()
-        if bare is not None:
-            bare.close()
-        del bare
-        release_gpu()
+        tear_down(triton, served, bare)
 
 
 def measure_multi_gpu(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
