@@ -223,7 +223,7 @@ def test_concurrent_requests_are_decoded_together_and_answer_as_alone(batching_s
     requests = [
         {
             "messages": [{"role": "user", "content": "Tell me story " * (i + 1)}],
-            "max_tokens": 32 + 8 * i,
+            "max_tokens": 96 + 16 * i,  # long enough (one step a token) that the streams' start skew is small
             "temperature": 0.9,
             "seed": i,
             "extra_body": {"block_length": 8},
@@ -234,10 +234,11 @@ def test_concurrent_requests_are_decoded_together_and_answer_as_alone(batching_s
     start = threading.Barrier(len(requests))
 
     def stream(request: dict) -> tuple[str, float, float]:
+        client = stack.client()  # built before the barrier: the streams start within milliseconds of each other
         start.wait()
         first = None
         chunks = []
-        for chunk in chat(stack, stream=True, **request):
+        for chunk in client.chat.completions.create(model=MODEL, stream=True, **request):
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.monotonic()
             chunks.append(chunk)
