@@ -18,6 +18,7 @@ from openai_frontend.routers.playground import mount_playground
 from openai_frontend.security import ApiKeyMiddleware, BodyLimitMiddleware
 from openai_frontend.storage import open_storage
 from openai_frontend.triton import TritonBackend
+from openai_frontend.triton.targets import targets
 from openai_frontend.video_jobs import VideoJobRunner, VideoJobStore
 
 
@@ -25,13 +26,16 @@ def create_app(settings: FrontendSettings) -> FastAPI:
     """Opening the media and job stores happens here, not in the lifespan, so a bad ``--fs-url`` or
     ``--job-store`` stops startup with a clear message (``StorageUnavailable``/``JobStoreUnavailable``/
     ``ValueError``) before the server binds its port."""
+    targets(settings.triton_urls, settings.triton_metrics_urls)  # a malformed dns: URL stops startup here
     metrics = FrontendMetrics()
     storage = open_storage(settings.fs_url, settings.presign_expiry)
     store = VideoJobStore(settings.job_store_url, lease_s=settings.job_lease_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, FrontendContext]]:
-        backend = TritonBackend(settings.triton_urls, settings.triton_metrics_urls)
+        backend = TritonBackend(
+            settings.triton_urls, settings.triton_metrics_urls, dns_refresh_s=settings.triton_dns_refresh_s
+        )
         jobs = VideoJobRunner(
             store,
             backend,

@@ -18,6 +18,7 @@ from openai_frontend.video_jobs import VideoJobRunner
 class FrontendSettings:
     triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
     triton_metrics_urls: tuple[str | None, ...] = ()
+    triton_dns_refresh_s: float = 10.0  # seconds between resolutions of a dns:///host:port Triton URL
     fs_url: str = "file:///tmp/triton-diffusion/media"
     http_url: str | None = None
     presign_expiry: int = 3600  # seconds a presigned S3 URL stays valid

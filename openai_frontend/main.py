@@ -13,6 +13,7 @@ from openai_frontend.context import FrontendSettings
 from openai_frontend.job_store import JobStoreUnavailable
 from openai_frontend.security import is_loopback
 from openai_frontend.storage import StorageUnavailable
+from openai_frontend.triton.pool import DNS_REFRESH_S
 
 
 def data_home() -> str:
@@ -27,10 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--triton-url",
         action="append",
-        help="a tritonserver's gRPC address (default 127.0.0.1:8001); give it several times to spread the load",
+        help="a tritonserver's gRPC address (default 127.0.0.1:8001), or dns:///host:port for every server the "
+        "name resolves to (a Kubernetes headless Service: calls spread over its pods); repeatable",
     )
     parser.add_argument(
-        "--triton-metrics-url", action="append", default=[], help="a tritonserver's /metrics URL, in the same order"
+        "--triton-metrics-url",
+        action="append",
+        default=[],
+        help="a tritonserver's /metrics URL, in the same order (for a dns: URL, on the same host name)",
+    )
+    parser.add_argument(
+        "--triton-dns-refresh-s",
+        type=float,
+        default=DNS_REFRESH_S,
+        help="seconds between resolutions of a dns: Triton URL (also resolved at once when a server is lost)",
     )
     parser.add_argument(
         "--fs-url", default="file://" + os.path.join(data_home(), "media"), help="where media is stored: file:///path"
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = FrontendSettings(
         triton_urls=tuple(args.triton_url or ["127.0.0.1:8001"]),
         triton_metrics_urls=tuple(args.triton_metrics_url),
+        triton_dns_refresh_s=args.triton_dns_refresh_s,
         fs_url=args.fs_url,
         http_url=args.http_url,
         presign_expiry=args.presign_expiry,

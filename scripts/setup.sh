@@ -18,15 +18,16 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 pip_quiet() { "$TD_VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }; }
 
 # --- Debian packages: Triton's Python-backend stub links libpython; perf_analyzer links libb64; the playground's
-# browser tests drive Debian's chromium (Playwright is pointed at it, so nothing is downloaded from a browser CDN).
+# browser tests drive Debian's chromium (Playwright is pointed at it, so nothing is downloaded from a browser CDN);
+# the tests give a frontend a host name with several addresses (a headless Service's) through nss_wrapper's hosts file.
 PY_MM=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 apt_pkgs=()
-for p in "libpython${PY_MM}" libb64-0d chromium; do
+for p in "libpython${PY_MM}" libb64-0d chromium libnss-wrapper; do
   dpkg -s "$p" >/dev/null 2>&1 || apt_pkgs+=("$p")
 done
 if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   log "installing Debian packages ${apt_pkgs[*]} (Triton's Python stub links libpython, perf_analyzer libb64," \
-    "the playground's browser tests run chromium)"
+    "the playground's browser tests run chromium, the DNS tests preload nss_wrapper)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null

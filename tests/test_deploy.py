@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from openai_frontend.triton.targets import TritonTarget
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests promise to work on
 BUILDS = ["base", "overlays/gpu", "overlays/cpu-tiny", "kserve", "prometheus-adapter"]
@@ -58,12 +60,14 @@ def test_frontends_reach_every_triton_service_and_autoscalers_target_real_deploy
     frontend = deployments["openai-frontend"]
     assert frontend["spec"]["replicas"] >= 2, "several stateless frontends"
     args = container(frontend, "frontend")["args"]
-    targets = [a.split("=", 1)[1] for a in args if a.startswith("--triton-url=")]
+    targets = [TritonTarget(a.split("=", 1)[1]) for a in args if a.startswith("--triton-url=")]
     tritons = [name for name in deployments if name.startswith("triton-")]
-    assert sorted(t.split(":")[0] for t in targets) == sorted(tritons), "one Service per Triton Deployment"
+    assert all(t.resolves for t in targets), "each name resolved to its pods: calls spread over them"
+    assert sorted(t.name()[0] for t in targets) == sorted(tritons), "one Service per Triton Deployment"
     for target in targets:
-        name, port = target.split(":")
-        assert int(port) in [p["port"] for p in services[name]["spec"]["ports"] if p["name"] == "grpc"]
+        name, port = target.name()
+        assert services[name]["spec"]["clusterIP"] == "None", "headless: the name resolves to the pods"
+        assert port in [p["port"] for p in services[name]["spec"]["ports"] if p["name"] == "grpc"]
         assert container(deployments[name], "tritonserver")["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     env = {e["name"]: e for e in container(frontend, "frontend")["env"]}
     assert env["JOB_STORE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "triton-diffusion", "PostgreSQL from a Secret"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
+from openai_frontend.triton.targets import Server
+
 
 def channel_args() -> list[tuple[str, int]]:
     """tritonclient's own channel options plus a short reconnect backoff: gRPC's default backs off up to 120 s
@@ -48,8 +50,9 @@ class TritonEndpoint:
     served: frozenset[str] | None = None  # Triton names of the models it serves, once read (servers may differ)
 
     @classmethod
-    def connect(cls, url: str, metrics_url: str | None) -> TritonEndpoint:
-        return cls(url, metrics_url, grpcclient.InferenceServerClient(url=url, channel_args=channel_args()))
+    def connect(cls, server: Server) -> TritonEndpoint:
+        client = grpcclient.InferenceServerClient(url=server.url, channel_args=channel_args())
+        return cls(server.url, server.metrics_url, client)
 
     def reloading(self, model: str) -> bool:
         task = self.reloads.get(model)

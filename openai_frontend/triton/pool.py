@@ -17,17 +17,19 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from openai_frontend.errors import Failure, OpenAIError, model_unavailable, queue_full
+from openai_frontend.errors import Failure, OpenAIError, failure_error, model_unavailable, queue_full
 from openai_frontend.triton.discovery import ServedModel, served_models
 from openai_frontend.triton.endpoint import TritonEndpoint
 from openai_frontend.triton.failures import TritonFailure, as_triton_error, classify, openai_error
 from openai_frontend.triton.metrics import metrics_text
 from openai_frontend.triton.readiness import readiness
 from openai_frontend.triton.recovery import RELOAD_INTERVAL_S, ModelReloader
+from openai_frontend.triton.targets import TritonTarget, targets
 
 log = logging.getLogger(__name__)
 
 _REFRESH_SECONDS = 5.0
+DNS_REFRESH_S = 10.0  # how often a dns: target's name is resolved again (and at once after a failure behind it)
 T = TypeVar("T")
 
 
@@ -44,7 +46,10 @@ def infer_inputs(arrays: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput
 class TritonBackend:
     """One or several tritonservers serving the same models. Each call goes to the least busy server that is
     not marked down; a server that cannot be reached is marked down for ``retry_after`` seconds and the call
-    moves on to the next, so users see no error while another server can take the request."""
+    moves on to the next, so users see no error while another server can take the request.
+
+    The servers are the ``urls``, each one server, or for a ``dns:///host:port`` URL every address the name
+    resolves to, resolved again every ``dns_refresh_s`` seconds (see ``targets``)."""
 
     def __init__(
         self,
@@ -52,11 +57,18 @@ class TritonBackend:
         metrics_urls: Sequence[str | None] = (),
         retry_after: float = 2.0,
         reload_interval: float = RELOAD_INTERVAL_S,
+        dns_refresh_s: float = DNS_REFRESH_S,
     ) -> None:
         if not urls:
             raise ValueError("at least one Triton URL is needed")
-        padded = list(metrics_urls) + [None] * (len(urls) - len(metrics_urls))
-        self.endpoints = [TritonEndpoint.connect(url, metrics) for url, metrics in zip(urls, padded, strict=True)]
+        self._members: dict[TritonTarget, list[TritonEndpoint]] = {
+            target: [] if target.resolves else [TritonEndpoint.connect(target.server())]
+            for target in targets(urls, metrics_urls)
+        }
+        self._retired: list[TritonEndpoint] = []  # no longer resolved; closed once their calls are done
+        self._resolve_lock = asyncio.Lock()
+        self._resolve_due = 0.0
+        self.dns_refresh_s = dns_refresh_s
         self.retry_after = retry_after
         self.reloader = ModelReloader(reload_interval)
         self._models: dict[str, ServedModel] = {}
@@ -65,9 +77,47 @@ class TritonBackend:
         self._started = int(time.time())
         self._turn = 0
 
+    @property
+    def endpoints(self) -> list[TritonEndpoint]:
+        return [endpoint for members in self._members.values() for endpoint in members]
+
     async def close(self) -> None:
-        for endpoint in self.endpoints:
+        for endpoint in self.endpoints + self._retired:
             await endpoint.close()
+
+    async def _resolve(self) -> None:
+        """Resolve the ``dns:`` targets when due: a new address becomes a server, a vanished one is retired (its
+        calls in flight finish). A name that cannot be resolved keeps its last servers: a DNS hiccup must not
+        empty the pool."""
+        if time.monotonic() < self._resolve_due:
+            return
+        async with self._resolve_lock:
+            if time.monotonic() < self._resolve_due:
+                return
+            for target, members in self._members.items():
+                if not target.resolves:
+                    continue
+                try:
+                    servers = await target.servers()
+                except OSError as exc:
+                    log.warning("cannot resolve %s (%s); keeping its %d servers", target.url, exc, len(members))
+                    continue
+                current = {endpoint.url: endpoint for endpoint in members}
+                resolved = [current.pop(s.url, None) or TritonEndpoint.connect(s) for s in servers]
+                if current or len(resolved) != len(members):
+                    log.info("%s: servers %s", target.url, ", ".join(e.url for e in resolved) or "none")
+                self._members[target] = resolved
+                self._retired.extend(current.values())
+            self._resolve_due = time.monotonic() + self.dns_refresh_s
+            for endpoint in [e for e in self._retired if e.in_flight == 0]:
+                self._retired.remove(endpoint)
+                await endpoint.close()
+
+    def _unreachable(self, endpoint: TritonEndpoint) -> None:
+        endpoint.down_until = time.monotonic() + self.retry_after
+        endpoint.restarted()
+        if any(target.resolves and endpoint in members for target, members in self._members.items()):
+            self._resolve_due = 0.0  # the pod may be gone: ask the name again before the next call
 
     def _order(self) -> list[TritonEndpoint]:
         """Servers to try, best first: up before down, then fewest calls in flight, ties taken in turn."""
@@ -89,9 +139,14 @@ class TritonBackend:
         """``work`` on the best server, moving on to the next when one is unreachable, has a full queue (at
         ``capacity`` calls to ``model`` here, or refused by Triton), or (for calls that name their Triton
         ``model``) has lost that model's stub process or is reloading the model."""
+        await self._resolve()
         last: TritonFailure | None = None
         full = False
-        for endpoint in self._order():
+        order = self._order()
+        if not order:
+            names = ", ".join(target.url for target in self._members)
+            raise failure_error(Failure.SERVER_UNAVAILABLE, f"{names} resolves to no server")
+        for endpoint in order:
             if model is not None and (endpoint.reloading(model) or model not in (endpoint.served or {model})):
                 continue
             if model is not None and capacity is not None and endpoint.model_in_flight[model] >= capacity:
@@ -110,8 +165,7 @@ class TritonBackend:
                 failed = last = classify(as_triton_error(exc))
                 if failed.failure is Failure.SERVER_UNAVAILABLE:
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
-                    endpoint.down_until = time.monotonic() + self.retry_after
-                    endpoint.restarted()
+                    self._unreachable(endpoint)
                     continue
                 if failed.failure is Failure.QUEUE_FULL:
                     continue
@@ -142,6 +196,7 @@ class TritonBackend:
             endpoint.served = frozenset(m.triton_name for m in models.values())
             return models
 
+        await self._resolve()
         found = [m for m in await asyncio.gather(*(fetch_from(e) for e in self.endpoints)) if m is not None]
         if found:
             self._models = {name: model for models in found for name, model in models.items()}
@@ -175,6 +230,7 @@ class TritonBackend:
         )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        await self._resolve()
         return await readiness(self.endpoints)
 
     async def stream(
@@ -234,8 +290,9 @@ class TritonBackend:
                     failed = classify(error)
                     if failed.failure is Failure.MODEL_DOWN:
                         client, sent_at = served_by[-1]
-                        endpoint = next(e for e in self.endpoints if e.client is client)
-                        self._model_failed(endpoint, model.triton_name, failed.message, sent_at)
+                        endpoint = next((e for e in self.endpoints if e.client is client), None)
+                        if endpoint is not None:  # else no longer resolved: nothing to reload there
+                            self._model_failed(endpoint, model.triton_name, failed.message, sent_at)
                     raise failed.error()
         except (InferenceServerException, grpc.RpcError) as exc:
             raise openai_error(as_triton_error(exc)) from exc
@@ -255,4 +312,5 @@ class TritonBackend:
         return {name: result.as_numpy(name) for name in outputs}
 
     async def metrics_text(self) -> str:
+        await self._resolve()
         return await metrics_text(self.endpoints)
