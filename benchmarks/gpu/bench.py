@@ -13,6 +13,8 @@ Plans (``--plan``):
 - ``video``: the video model (Wan2.1 1.3B shape, 832×480, 33 frames, 20 steps): served (the blocking form of
   ``POST /v1/videos``, which returns the MP4 inline) against the bare engine + ``encode_mp4``, interleaved.
 - ``multi-gpu``: images/s with one instance per GPU on every visible GPU against one instance on GPU 0.
+- ``peer``: the image model on the ``sglang`` engine against SGLang's own server, ``sglang serve``, with the same
+  folder and settings (``benchmarks.gpu.peer``): latency at concurrency 1 and images/s at ``--concurrency``.
 
 Everything is written to ``--out/results.json`` after each phase, so a run stopped at its time limit keeps what it
 measured. ``--deadline`` (seconds from start) shrinks repetitions to what still fits. ``--tiny`` builds toy models
@@ -40,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.gpu.peer import measure_peer
+from benchmarks.gpu.peer import summary as peer_summary
 from benchmarks.paths import BareImage, BareVideo
 from benchmarks.prometheus import counter_increase, parse_prometheus, sample_key
 from benchmarks.stats import median, paired_ratios, ratio_of_medians, summarize
@@ -538,6 +542,7 @@ def summary_lines(data: dict[str, Any]) -> str:
                 )
         if "speedup" in entry:
             lines.append(f"multi-gpu {engine}: speedup {entry['speedup']:.3f}")
+    lines += peer_summary(data)
     for name, error in data.get("errors", {}).items():
         lines.append(f"ERROR {name}: {error.strip().splitlines()[-1][:300]}")
     for name, why in data.get("skipped", {}).items():
@@ -589,7 +594,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", required=True, help="comma list of image, video, multi-gpu")
+    parser.add_argument("--plan", required=True, help="comma list of image, video, multi-gpu, peer")
     parser.add_argument("--engines", default="sglang,diffusers", help="image engines, in order")
     parser.add_argument("--video-engines", default="diffusers")
     parser.add_argument("--multi-gpu-engine", default="diffusers")
@@ -623,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the measurements
     deadline = Deadline(args.deadline)
     settings = build_settings(args)
     results = ResultsFile(
@@ -638,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("device: %s", results.data["device"])
     plans = [p.strip() for p in args.plan.split(",") if p.strip()]
-    unknown = set(plans) - {"image", "video", "multi-gpu"}
+    unknown = set(plans) - {"image", "video", "multi-gpu", "peer"}
     if unknown:
         raise SystemExit(f"unknown plan(s) {sorted(unknown)}")
     phases: list[tuple[str, Callable[[Deadline], None]]] = []
@@ -646,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         if plan == "image":
             for engine in args.engines.split(","):
                 phases.append((f"image {engine}", lambda d, e=engine: measure_image_engine(settings, e, results, d)))
+        elif plan == "peer":
+            phases.append(("peer image", lambda d: measure_peer(settings, results, d)))
         elif plan == "video":
             for engine in args.video_engines.split(","):
                 phases.append((f"video {engine}", lambda d, e=engine: measure_video(settings, e, results, d)))
@@ -654,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             phases.append((f"multi-gpu {engine}", lambda d, e=engine: measure_multi_gpu(settings, e, results, d)))
     failures = 0
     # Models first (one process each, GPU memory freed when it exits), then the phases share what time is left.
-    needed = (["flux"] if {"image", "multi-gpu"} & set(plans) else []) + (["wan"] if "video" in plans else [])
+    needed = (["flux"] if {"image", "multi-gpu", "peer"} & set(plans) else []) + (["wan"] if "video" in plans else [])
     for kind in needed:
         try:
             ensure_model(settings, kind, results)

@@ -1,0 +1,65 @@
+"""The side-by-side with SGLang's own server (``benchmarks.gpu.peer``): the peer gets the flags our engine gives
+``DiffGenerator``, and the plan runs end to end on toy models (a dry run of the GPU measurement on the CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.gpu.peer import peer_flags
+from diffusion_runtime.launcher.repository import PROJECT_ROOT
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """``sglang serve --model-type diffusion``'s own argument parser."""
+    from sglang.multimodal_gen.runtime.entrypoints.cli.serve import add_multimodal_gen_serve_args
+
+    parser = argparse.ArgumentParser()
+    add_multimodal_gen_serve_args(parser)
+    return parser
+
+
+def test_the_peer_is_started_with_our_engines_settings_in_flags_sglang_serve_accepts(tmp_path: Path) -> None:
+    parameters = {
+        "model_path": str(tmp_path / "my-flux"),
+        "engine": "sglang",
+        "sglang_backend": "sglang",
+        "sglang_model_id": "black-forest-labs/FLUX.1-dev",
+        "sglang_attention_backend": "torch_sdpa",
+        "sglang_sleep_on_idle": "true",
+        "num_gpus": "1",
+    }
+    flags = peer_flags(parameters, "cuda:0")
+    parsed = vars(serve_parser().parse_args(flags))
+    assert parsed["model_path"] == str(tmp_path / "my-flux")
+    assert parsed["model_id"] == "black-forest-labs/FLUX.1-dev"
+    assert parsed["attention_backend"] == "torch_sdpa"
+    assert parsed["backend"] == "sglang"
+    assert parsed["sleep_on_idle"] is True
+    assert parsed["num_gpus"] == 1
+
+
+@pytest.mark.e2e  # builds toy FLUX, starts tritonserver, the frontend and sglang serve
+def test_the_peer_plan_measures_both_servers_on_toy_models(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmarks.gpu.bench", "--plan", "peer", "--tiny", "--pairs", "3"]
+    command += ["--throughput-images", "4", "--concurrency", "2", "--deadline", "500"]
+    command += ["--out", str(out), "--work", str(tmp_path / "work"), "--model-root", str(tmp_path / "models")]
+    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    peer = json.loads((out / "results.json").read_text())["peer"]["image"]
+    assert peer["peer_command"][1:4] == ["serve", "--model-type", "diffusion"]
+    latency = peer["latency"]
+    assert len(latency["ours_s"]) == len(latency["peer_s"]) == latency["pairs"] >= 3
+    assert latency["ours_over_peer"] > 0
+    throughput = peer["throughput"]
+    assert len(throughput["wall_s"]["ours"]) == len(throughput["wall_s"]["peer"]) == 2
+    assert throughput["ours_over_peer"] == pytest.approx(
+        throughput["ours_images_per_s"] / throughput["peer_images_per_s"]
+    )
+    assert "peer image: latency ours" in run.stdout, "the summary names the comparison"
