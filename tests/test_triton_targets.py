@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from openai_frontend.triton.targets import Server, TritonTarget, targets
+from openai_frontend.triton.endpoint import Server
+from openai_frontend.triton.targets import ServerSet, TritonTarget, targets
 
 
 def test_a_plain_url_is_one_server_as_given() -> None:
@@ -45,3 +46,23 @@ def test_a_name_resolves_to_its_addresses() -> None:
 def test_a_malformed_dns_url_is_refused_at_start(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         targets([url], [])
+
+
+def test_a_server_set_resolves_names_when_due_and_keeps_each_servers_bookkeeping() -> None:
+    async def scenario() -> None:
+        servers = ServerSet(["10.0.0.1:8001", "dns:///localhost:8001"], [], refresh_s=3600)
+        assert [e.url for e in servers.endpoints] == ["10.0.0.1:8001"], "a name is resolved on first use"
+        await servers.refresh()
+        assert [e.url for e in servers.endpoints] == ["10.0.0.1:8001", "127.0.0.1:8001"]
+        resolved = servers.endpoints[1]
+        resolved.failed_models["image_diffusion"] = "stub died"
+        servers.lost(servers.endpoints[0])  # a plain server lost: nothing to resolve again
+        assert servers._due > 0
+        servers.lost(resolved)  # a pod behind the name lost: ask the name again at the next call
+        assert servers._due == 0
+        await servers.refresh()
+        assert servers.endpoints[1] is resolved, "an address still resolved keeps its endpoint and what it knows"
+        assert resolved.failed_models == {"image_diffusion": "stub died"}
+        await servers.close()
+
+    asyncio.run(scenario())

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
-from openai_frontend.triton.targets import Server
-
 
 def channel_args() -> list[tuple[str, int]]:
     """tritonclient's own channel options plus a short reconnect backoff: gRPC's default backs off up to 120 s
@@ -27,6 +25,14 @@ def channel_args() -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
+
+
+@dataclass(frozen=True)
+class Server:
+    """One tritonserver's addresses: gRPC and, when known, its ``/metrics`` URL."""
+
+    url: str
+    metrics_url: str | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from openai_frontend.triton.failures import TritonFailure, as_triton_error, clas
 from openai_frontend.triton.metrics import metrics_text
 from openai_frontend.triton.readiness import readiness
 from openai_frontend.triton.recovery import RELOAD_INTERVAL_S, ModelReloader
-from openai_frontend.triton.targets import TritonTarget, targets
+from openai_frontend.triton.targets import ServerSet
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,7 @@ class TritonBackend:
     ) -> None:
         if not urls:
             raise ValueError("at least one Triton URL is needed")
-        self._members: dict[TritonTarget, list[TritonEndpoint]] = {
-            target: [] if target.resolves else [TritonEndpoint.connect(target.server())]
-            for target in targets(urls, metrics_urls)
-        }
-        self._retired: list[TritonEndpoint] = []  # no longer resolved; closed once their calls are done
-        self._resolve_lock = asyncio.Lock()
-        self._resolve_due = 0.0
-        self.dns_refresh_s = dns_refresh_s
+        self.servers = ServerSet(urls, metrics_urls, dns_refresh_s)
         self.retry_after = retry_after
         self.reloader = ModelReloader(reload_interval)
         self._models: dict[str, ServedModel] = {}
@@ -79,45 +72,10 @@ class TritonBackend:
 
     @property
     def endpoints(self) -> list[TritonEndpoint]:
-        return [endpoint for members in self._members.values() for endpoint in members]
+        return self.servers.endpoints
 
     async def close(self) -> None:
-        for endpoint in self.endpoints + self._retired:
-            await endpoint.close()
-
-    async def _resolve(self) -> None:
-        """Resolve the ``dns:`` targets when due: a new address becomes a server, a vanished one is retired (its
-        calls in flight finish). A name that cannot be resolved keeps its last servers: a DNS hiccup must not
-        empty the pool."""
-        if time.monotonic() < self._resolve_due:
-            return
-        async with self._resolve_lock:
-            if time.monotonic() < self._resolve_due:
-                return
-            for target, members in self._members.items():
-                if not target.resolves:
-                    continue
-                try:
-                    servers = await target.servers()
-                except OSError as exc:
-                    log.warning("cannot resolve %s (%s); keeping its %d servers", target.url, exc, len(members))
-                    continue
-                current = {endpoint.url: endpoint for endpoint in members}
-                resolved = [current.pop(s.url, None) or TritonEndpoint.connect(s) for s in servers]
-                if current or len(resolved) != len(members):
-                    log.info("%s: servers %s", target.url, ", ".join(e.url for e in resolved) or "none")
-                self._members[target] = resolved
-                self._retired.extend(current.values())
-            self._resolve_due = time.monotonic() + self.dns_refresh_s
-            for endpoint in [e for e in self._retired if e.in_flight == 0]:
-                self._retired.remove(endpoint)
-                await endpoint.close()
-
-    def _unreachable(self, endpoint: TritonEndpoint) -> None:
-        endpoint.down_until = time.monotonic() + self.retry_after
-        endpoint.restarted()
-        if any(target.resolves and endpoint in members for target, members in self._members.items()):
-            self._resolve_due = 0.0  # the pod may be gone: ask the name again before the next call
+        await self.servers.close()
 
     def _order(self) -> list[TritonEndpoint]:
         """Servers to try, best first: up before down, then fewest calls in flight, ties taken in turn."""
@@ -139,13 +97,12 @@ class TritonBackend:
         """``work`` on the best server, moving on to the next when one is unreachable, has a full queue (at
         ``capacity`` calls to ``model`` here, or refused by Triton), or (for calls that name their Triton
         ``model``) has lost that model's stub process or is reloading the model."""
-        await self._resolve()
+        await self.servers.refresh()
         last: TritonFailure | None = None
         full = False
         order = self._order()
         if not order:
-            names = ", ".join(target.url for target in self._members)
-            raise failure_error(Failure.SERVER_UNAVAILABLE, f"{names} resolves to no server")
+            raise failure_error(Failure.SERVER_UNAVAILABLE, f"{self.servers.names()} resolves to no server")
         for endpoint in order:
             if model is not None and (endpoint.reloading(model) or model not in (endpoint.served or {model})):
                 continue
@@ -165,7 +122,9 @@ class TritonBackend:
                 failed = last = classify(as_triton_error(exc))
                 if failed.failure is Failure.SERVER_UNAVAILABLE:
                     log.warning("Triton at %s is unreachable; trying another server", endpoint.url)
-                    self._unreachable(endpoint)
+                    endpoint.down_until = time.monotonic() + self.retry_after
+                    endpoint.restarted()
+                    self.servers.lost(endpoint)
                     continue
                 if failed.failure is Failure.QUEUE_FULL:
                     continue
@@ -196,7 +155,7 @@ class TritonBackend:
             endpoint.served = frozenset(m.triton_name for m in models.values())
             return models
 
-        await self._resolve()
+        await self.servers.refresh()
         found = [m for m in await asyncio.gather(*(fetch_from(e) for e in self.endpoints)) if m is not None]
         if found:
             self._models = {name: model for models in found for name, model in models.items()}
@@ -230,7 +189,7 @@ class TritonBackend:
         )
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        await self._resolve()
+        await self.servers.refresh()
         return await readiness(self.endpoints)
 
     async def stream(
@@ -312,5 +271,5 @@ class TritonBackend:
         return {name: result.as_numpy(name) for name in outputs}
 
     async def metrics_text(self) -> str:
-        await self._resolve()
+        await self.servers.refresh()
         return await metrics_text(self.endpoints)

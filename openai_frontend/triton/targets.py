@@ -16,21 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from openai_frontend.triton.endpoint import Server, TritonEndpoint
+
 log = logging.getLogger(__name__)
 
 DNS_SCHEME = "dns:"
-
-
-@dataclass(frozen=True)
-class Server:
-    """One tritonserver: its gRPC address and, when known, its ``/metrics`` URL."""
-
-    url: str
-    metrics_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,3 +86,61 @@ def targets(urls: Sequence[str], metrics_urls: Sequence[str | None]) -> list[Tri
         if target.resolves:
             target.name()
     return found
+
+
+class ServerSet:
+    """The servers that the targets name now, as the pool's endpoints: a plain URL's one server for good; a
+    ``dns:`` URL's, resolved again when ``refresh`` finds ``refresh_s`` passed (or a server of it was ``lost``).
+    A new address becomes an endpoint, a vanished one is retired and closed once its calls in flight are done. A
+    name that cannot be resolved keeps its last servers: a DNS hiccup must not empty the pool."""
+
+    def __init__(self, urls: Sequence[str], metrics_urls: Sequence[str | None], refresh_s: float) -> None:
+        self._members: dict[TritonTarget, list[TritonEndpoint]] = {
+            target: [] if target.resolves else [TritonEndpoint.connect(target.server())]
+            for target in targets(urls, metrics_urls)
+        }
+        self._retired: list[TritonEndpoint] = []
+        self._lock = asyncio.Lock()
+        self._due = 0.0
+        self.refresh_s = refresh_s
+
+    @property
+    def endpoints(self) -> list[TritonEndpoint]:
+        return [endpoint for members in self._members.values() for endpoint in members]
+
+    def names(self) -> str:
+        return ", ".join(target.url for target in self._members)
+
+    def lost(self, endpoint: TritonEndpoint) -> None:
+        """``endpoint`` could not be reached: if a name stands for it, the pod may be gone, so ask again."""
+        if any(target.resolves and endpoint in members for target, members in self._members.items()):
+            self._due = 0.0
+
+    async def refresh(self) -> None:
+        if time.monotonic() < self._due:
+            return
+        async with self._lock:
+            if time.monotonic() < self._due:
+                return
+            for target, members in self._members.items():
+                if not target.resolves:
+                    continue
+                try:
+                    servers = await target.servers()
+                except OSError as exc:
+                    log.warning("cannot resolve %s (%s); keeping its %d servers", target.url, exc, len(members))
+                    continue
+                current = {endpoint.url: endpoint for endpoint in members}
+                resolved = [current.pop(s.url, None) or TritonEndpoint.connect(s) for s in servers]
+                if current or len(resolved) != len(members):
+                    log.info("%s: servers %s", target.url, ", ".join(e.url for e in resolved) or "none")
+                self._members[target] = resolved
+                self._retired.extend(current.values())
+            self._due = time.monotonic() + self.refresh_s
+            for endpoint in [e for e in self._retired if e.in_flight == 0]:
+                self._retired.remove(endpoint)
+                await endpoint.close()
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints + self._retired:
+            await endpoint.close()
