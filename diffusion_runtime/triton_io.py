@@ -87,6 +87,24 @@ def read_bytes(pb_utils: Any, request: Any, name: str) -> bytes | None:
     return bytes(value) if not isinstance(value, bytes) else value
 
 
+def read_strings(pb_utils: Any, request: Any, name: str, field: str) -> object:
+    """A ``list`` input: its strings, or, when it holds one string that is a JSON list, that list (for clients
+    that send one tensor); ``None`` when absent. What the list holds is for the params validation to check."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None or tensor.as_numpy().size == 0:
+        return None
+    try:
+        values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"input {name} is not valid UTF-8", field) from exc
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except ValueError:
+            pass  # a string that merely starts with "["
+    return values
+
+
 def requested_outputs(request: Any) -> frozenset[str]:
     """The outputs the client asked for, read while ``execute`` still holds the request."""
     return frozenset(request.requested_output_names())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -20,7 +20,9 @@ from diffusion_runtime.triton_io import (
     error_for,
     model_parameters,
     pin_instance_device,
+    read_bytes,
     read_scalars,
+    read_strings,
     release_before_exit,
 )
 
@@ -38,9 +40,9 @@ def check_transaction_policy(pb_utils: Any, model_config: Mapping[str, Any], con
 
 
 class DiffusionModel:
-    """Device pinning, config parameters, the transaction-policy check, metrics, the encoder threads, error
-    responses and the order of ``finalize``. A subclass sets ``contract`` and ``pb_utils``, builds its engine in
-    ``load`` and writes ``execute``."""
+    """Device pinning, config parameters, the transaction-policy check, metrics, the encoder threads, reading a
+    request's inputs by the contract, answering it (``answer``), error responses and the order of ``finalize``. A
+    subclass sets ``contract`` and ``pb_utils``, builds its engine in ``load`` and writes ``execute``."""
 
     contract: ClassVar[ModelContract]
     pb_utils: ClassVar[Any]  # triton_python_backend_utils, handed over by the model.py that runs in the stub
@@ -85,7 +87,18 @@ class DiffusionModel:
 
     def settings(self, request: Any) -> dict[str, Any]:
         """The request's single-value inputs, as the contract's keyword arguments."""
-        return read_scalars(self.pb_utils, request, self.contract.settings)
+        return read_scalars(self.pb_utils, request, self.contract.fields("setting"))
+
+    def files(self, request: Any) -> dict[str, bytes | None]:
+        """The request's encoded files (raw bytes), by the contract's field names."""
+        return {field: read_bytes(self.pb_utils, request, name) for name, field in self.contract.fields("file").items()}
+
+    def lists(self, request: Any) -> dict[str, object]:
+        """The request's list inputs (``triton_io.read_strings``), by the contract's field names."""
+        return {
+            field: read_strings(self.pb_utils, request, name, field)
+            for name, field in self.contract.fields("list").items()
+        }
 
     def error_response(self, exc: BaseException) -> Any:
         """The response for a failed request; failures that are not the client's doing are logged with their
@@ -106,3 +119,12 @@ class DiffusionModel:
         """End a request's stream with an error response, counted under the exception's name."""
         self.metrics.request(type(exc).__name__)
         self.send_final(sender, self.error_response(exc))
+
+    def answer(self, sender: Any, respond: Callable[..., None], *args: Any) -> None:
+        """Run ``respond(sender, *args)``, which sends the request's final response; count the request a success,
+        or end it with the error that stopped it."""
+        try:
+            respond(sender, *args)
+            self.metrics.request("success")
+        except Exception as exc:
+            self.fail(sender, exc)
