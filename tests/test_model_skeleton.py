@@ -1,17 +1,21 @@
-"""The shared model skeleton without Triton: reading a request's inputs by the contract, and the dLLM's request
-streams and where they run (``triton_model``, ``triton_streams``)."""
+"""The shared model skeleton without Triton: reading a request's inputs by the contract, the dLLM's request streams
+and where they run, and the image path's answer from the encoder thread (``triton_model``, ``triton_streams``)."""
 
 from __future__ import annotations
 
+import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from diffusion_runtime.contract import IMAGE, TEXT
 from diffusion_runtime.errors import InvalidRequest, error_message
+from diffusion_runtime.media import edit_inputs
 from diffusion_runtime.triton_io import read_strings
-from diffusion_runtime.triton_model import DiffusionModel
+from diffusion_runtime.triton_model import Denoised, DiffusionModel
 from diffusion_runtime.triton_streams import RETIRED_REQUESTS, RequestStream, StreamRunner
 
 FINAL = 1
@@ -144,3 +148,67 @@ def test_a_failing_request_gives_its_place_back() -> None:
     with pytest.raises(RuntimeError):
         runner.start(object(), FakeSender(), run)
     assert runner._places.acquire(blocking=False), "the place is free again"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.recorded: list[tuple] = []
+
+    def request(self, outcome: str) -> None:
+        self.recorded.append(("request", outcome))
+
+    def seconds(self, phase: str, seconds: float) -> None:
+        self.recorded.append(("seconds", phase))
+
+    def steps(self, count: int) -> None:
+        self.recorded.append(("steps", count))
+
+
+class EncodingModel(DiffusionModel):
+    contract = IMAGE
+    pb_utils = FakeStub
+
+    def __init__(self) -> None:
+        self.encoder = ThreadPoolExecutor(1)
+        self.metrics = Metrics()
+
+    def denoise(self, request: FakeRequest) -> Denoised:
+        if "PROMPT" not in request.inputs:
+            raise InvalidRequest("a prompt is required", "prompt")
+        return Denoised(params=None, samples=[b"file"], seconds=0.5, steps=4)
+
+    def encode(self, denoised: Denoised) -> dict[str, np.ndarray]:
+        return {"IMAGES": np.array(denoised.samples, dtype=np.object_), "INFERENCE_TIME_S": np.zeros(1)}
+
+
+def test_denoised_requests_are_answered_from_the_encoder_thread_with_the_outputs_asked_for() -> None:
+    model = EncodingModel()
+    good, bad = FakeRequest(("IMAGES",), PROMPT=_strings(b"a fox")), FakeRequest(("IMAGES",))
+    model.denoise_then_encode(good, model.denoise, model.encode)
+    model.denoise_then_encode(bad, model.denoise, model.encode)
+    model.encoder.shutdown(wait=True)
+    [(response, flags)] = good.sender.sent
+    assert flags == FINAL and list(response.outputs) == ["IMAGES"], "only what the client asked for"
+    [(failed, flags)] = bad.sender.sent
+    assert flags == FINAL and failed.error.code == "INVALID_ARG"
+    assert model.metrics.recorded == [
+        ("request", "success"),
+        ("seconds", "denoise"),
+        ("steps", 4),
+        ("seconds", "encode"),
+        ("request", "InvalidRequest"),
+    ]
+
+
+def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_edit_inputs_are_fitted_to_the_requested_size_and_a_mask_needs_an_image() -> None:
+    assert edit_inputs(None, None, 64, 32) == (None, None)
+    image, mask = edit_inputs(_png((128, 128)), _png((128, 128), "RGBA"), 64, 32)
+    assert image.size == mask.size == (64, 32) and mask.mode == "L"
+    with pytest.raises(InvalidRequest, match="a mask needs an image"):
+        edit_inputs(None, _png((8, 8)), 64, 32)
