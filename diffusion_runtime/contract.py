@@ -55,10 +55,9 @@ class ModelContract:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    @property
-    def settings(self) -> dict[str, str]:
-        """``{tensor name: field}`` of the single-value inputs (``triton_io.read_scalars`` reads them)."""
-        return {t.name: t.field for t in self.inputs if t.kind == "setting"}
+    def fields(self, kind: Kind) -> dict[str, str]:
+        """``{tensor name: field}`` of the inputs of one kind (the model skeleton reads them by kind)."""
+        return {t.name: t.field for t in self.inputs if t.kind == kind}
 
     def request_tensors(self, **values: Any) -> dict[str, np.ndarray]:
         """A request's input arrays from field values (``prompt=..., n=...``); ``None`` leaves an optional input

@@ -1,9 +1,9 @@
 """Encoding generated pixels into the files users receive.
 
-Encoding runs off the denoising path (see ``image_diffusion``'s model), so the choices here trade file size
-for CPU time: PNG uses a fast zlib level by default (Pillow's default level, 6, took 0.176 s for a 1024² image on
-an H100 host's CPU, ~3% of the 5.28 s FLUX.1-dev generation), JPEG/WebP take OpenAI's ``output_compression`` as
-their quality.
+Encoding runs off the denoising path (``triton_model.DiffusionModel.denoise_then_encode``), so the choices here
+trade file size for CPU time: PNG uses a fast zlib level by default (Pillow's default level, 6, took 0.176 s for a
+1024² image on an H100 host's CPU, ~3% of the 5.28 s FLUX.1-dev generation), JPEG/WebP take OpenAI's
+``output_compression`` as their quality.
 """
 
 from __future__ import annotations
@@ -210,6 +210,11 @@ def decode_input_image(data: bytes, param: str, mode: str | None = "RGB") -> Ima
         raise InvalidRequest(f"{param} could not be decoded: {exc}", param) from exc
 
 
+def fitted_input_image(data: bytes, param: str, width: int, height: int) -> Image.Image:
+    """An uploaded conditioning image (``decode_input_image``) fitted to the requested size (``fit_image``)."""
+    return fit_image(decode_input_image(data, param), width, height)
+
+
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale ``image`` to cover ``width``x``height`` and crop the centre: the output keeps the requested size
     without distorting the picture (pipelines would otherwise stretch it to the new aspect ratio)."""
@@ -227,3 +232,16 @@ def edit_mask(mask: Image.Image, width: int, height: int) -> Image.Image:
     else:
         grey = mask.convert("L")
     return ImageOps.fit(grey, (width, height), method=Image.Resampling.NEAREST)
+
+
+def edit_inputs(
+    image: bytes | None, mask: bytes | None, width: int, height: int
+) -> tuple[Image.Image | None, Image.Image | None]:
+    """An edit request's image (fitted to the requested size) and its mask, decoded from their files; ``(None,
+    None)`` when the request is no edit."""
+    if not image:
+        if mask:
+            raise InvalidRequest("a mask needs an image to edit", "mask")
+        return None, None
+    fitted = fitted_input_image(image, "image", width, height)
+    return fitted, edit_mask(decode_input_image(mask, "mask", mode=None), width, height) if mask else None

@@ -87,6 +87,24 @@ def read_bytes(pb_utils: Any, request: Any, name: str) -> bytes | None:
     return bytes(value) if not isinstance(value, bytes) else value
 
 
+def read_strings(pb_utils: Any, request: Any, name: str, field: str) -> object:
+    """A ``list`` input: its strings, or, when it holds one string that is a JSON list, that list (for clients
+    that send one tensor); ``None`` when absent. What the list holds is for the params validation to check."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None or tensor.as_numpy().size == 0:
+        return None
+    try:
+        values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"input {name} is not valid UTF-8", field) from exc
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except ValueError:
+            pass  # a string that merely starts with "["
+    return values
+
+
 def requested_outputs(request: Any) -> frozenset[str]:
     """The outputs the client asked for, read while ``execute`` still holds the request."""
     return frozenset(request.requested_output_names())
@@ -97,8 +115,27 @@ def inference_response(pb_utils: Any, outputs: Mapping[str, np.ndarray], wanted:
 
     Never leave that filtering to Triton: the Python backend (24.10, and its main branch still) drops unrequested
     tensors inside ``ResponseSender.send`` after releasing the GIL, so their numpy arrays are freed without it, and
-    a stub sending from a worker thread dies (see ``image_diffusion``'s model.py for how that was found). Every
-    model builds its responses here."""
+    a stub sending from a worker thread dies. Every model builds its responses here.
+
+    How that was found: until responses held exactly the requested outputs, every image ``image_diffusion``
+    answered from its encoder thread killed the model's stub on a ``KIND_GPU`` instance (H200, 2026-12-01): the
+    client waited forever, and the next request got "Stub process ... is not healthy". The cause, bisected on that
+    GPU with variants of the model behind one tritonserver:
+    - The OpenAI frontend asks for ``IMAGES`` and ``SEEDS`` only. Triton 24.10's Python backend removes the other
+      outputs (``INFERENCE_TIME_S``) in ``ResponseSender::Send`` (``src/response_sender.cc``), *after* that
+      function released the GIL. The removed ``pb_utils.Tensor`` owns a numpy array, which is thus freed without
+      the GIL while the model's other threads run Python. The stub died there: its log stops between building the
+      response and ``send`` returning, and the process was left a zombie.
+    - Same model, same inputs, direct gRPC: asking for all three outputs answered every size (64² to 512²); asking
+      for ``IMAGES`` and ``SEEDS`` killed the stub at the first thread-sent image. Answered within ``execute``
+      (64²), the response is pruned in the stub's main thread, which holds the GIL: no crash. (An earlier minimal
+      model that sent from a thread worked, as the direct client here did when it asked for every output.)
+    - Ruled out on the same GPU, each answering 64², 256² and 512²: the engine (a numpy stand-in with and without
+      CUDA initialised), custom metrics, cancellation polling, plain threads instead of the pool, sending inside
+      ``execute``, keeping the request handles, a delayed send, a decoupled transaction policy. Decoupled would
+      not have helped: its responses go through the same ``send``.
+    On a CPU the same freeing without the GIL went unpunished in every test; it is undefined behaviour all the
+    same."""
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items() if not wanted or name in wanted]
     )

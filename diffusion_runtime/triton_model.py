@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 from diffusion_runtime.contract import ModelContract
 from diffusion_runtime.errors import GenerationCancelled, InvalidRequest
 from diffusion_runtime.triton_io import (
     ModelMetrics,
     error_for,
+    inference_response,
     model_parameters,
     pin_instance_device,
+    read_bytes,
     read_scalars,
+    read_strings,
     release_before_exit,
+    requested_outputs,
 )
 
 
@@ -37,10 +45,21 @@ def check_transaction_policy(pb_utils: Any, model_config: Mapping[str, Any], con
         )
 
 
+@dataclass(frozen=True)
+class Denoised:
+    """What a request's denoising leaves to the encoder thread (``DiffusionModel.denoise_then_encode``)."""
+
+    params: Any  # the request's validated parameters
+    samples: Any  # what the engine returned: images, frames
+    seconds: float  # spent in the engine call
+    steps: int  # denoising steps run, for the steps/s metric
+
+
 class DiffusionModel:
-    """Device pinning, config parameters, the transaction-policy check, metrics, the encoder threads, error
-    responses and the order of ``finalize``. A subclass sets ``contract`` and ``pb_utils``, builds its engine in
-    ``load`` and writes ``execute``."""
+    """Device pinning, config parameters, the transaction-policy check, metrics, the encoder threads, reading a
+    request's inputs by the contract, answering it (``answer``, ``denoise_then_encode``), error responses and the
+    order of ``finalize``. A subclass sets ``contract`` and ``pb_utils``, builds its engine in ``load`` and writes
+    ``execute``."""
 
     contract: ClassVar[ModelContract]
     pb_utils: ClassVar[Any]  # triton_python_backend_utils, handed over by the model.py that runs in the stub
@@ -85,7 +104,18 @@ class DiffusionModel:
 
     def settings(self, request: Any) -> dict[str, Any]:
         """The request's single-value inputs, as the contract's keyword arguments."""
-        return read_scalars(self.pb_utils, request, self.contract.settings)
+        return read_scalars(self.pb_utils, request, self.contract.fields("setting"))
+
+    def files(self, request: Any) -> dict[str, bytes | None]:
+        """The request's encoded files (raw bytes), by the contract's field names."""
+        return {field: read_bytes(self.pb_utils, request, name) for name, field in self.contract.fields("file").items()}
+
+    def lists(self, request: Any) -> dict[str, object]:
+        """The request's list inputs (``triton_io.read_strings``), by the contract's field names."""
+        return {
+            field: read_strings(self.pb_utils, request, name, field)
+            for name, field in self.contract.fields("list").items()
+        }
 
     def error_response(self, exc: BaseException) -> Any:
         """The response for a failed request; failures that are not the client's doing are logged with their
@@ -106,3 +136,50 @@ class DiffusionModel:
         """End a request's stream with an error response, counted under the exception's name."""
         self.metrics.request(type(exc).__name__)
         self.send_final(sender, self.error_response(exc))
+
+    def answer(self, sender: Any, respond: Callable[..., None], *args: Any) -> None:
+        """Run ``respond(sender, *args)``, which sends the request's final response; count the request a success,
+        or end it with the error that stopped it."""
+        try:
+            respond(sender, *args)
+            self.metrics.request("success")
+        except Exception as exc:
+            self.fail(sender, exc)
+
+    def denoise_then_encode(
+        self,
+        request: Any,
+        denoise: Callable[[Any], Denoised],
+        encode: Callable[[Denoised], Mapping[str, np.ndarray]],
+    ) -> None:
+        """Answer a request with one final response: ``denoise`` (read, check, engine call) runs here, in
+        ``execute``; ``encode`` (the files, as the response's outputs) runs on the encoder thread after ``execute``
+        returned, so the instance starts the next request while the last one encodes. The response goes through
+        the request's response sender, which non-decoupled models may use too."""
+        sender = request.get_response_sender()
+        try:
+            denoised = denoise(request)
+            self.encoder.submit(self._encode_and_answer, sender, encode, denoised, requested_outputs(request))
+        except Exception as exc:  # one bad request never takes the others (or the stub) down
+            self.encoder.submit(self.fail, sender, exc)  # counting it is a round trip to Triton: off the path
+
+    def _encode_and_answer(
+        self,
+        sender: Any,
+        encode: Callable[[Denoised], Mapping[str, np.ndarray]],
+        denoised: Denoised,
+        wanted: frozenset[str],
+    ) -> None:
+        """On the encoder thread: encode, send the request's one (final) response, then count it."""
+        try:
+            start = time.perf_counter()
+            outputs = encode(denoised)
+            encode_s = time.perf_counter() - start
+            self.send_final(sender, inference_response(self.pb_utils, outputs, wanted))
+        except Exception as exc:
+            self.fail(sender, exc)
+            return
+        self.metrics.request("success")
+        self.metrics.seconds("denoise", denoised.seconds)
+        self.metrics.steps(denoised.steps)
+        self.metrics.seconds("encode", encode_s)

@@ -17,10 +17,10 @@ from PIL import Image
 from diffusion_runtime.contract import VIDEO
 from diffusion_runtime.engines import EngineConfig, StepHook, create_video_engine
 from diffusion_runtime.errors import GenerationCancelled
-from diffusion_runtime.media import decode_input_image, encode_mp4, fit_image
+from diffusion_runtime.media import encode_mp4, fitted_input_image
 from diffusion_runtime.params import VideoLimits, VideoParams, validate_video_params
 from diffusion_runtime.params.video import check_video_mode
-from diffusion_runtime.triton_io import cancellation_check, inference_response, read_bytes, requested_outputs
+from diffusion_runtime.triton_io import cancellation_check, inference_response, requested_outputs
 from diffusion_runtime.triton_model import DiffusionModel
 
 
@@ -44,7 +44,7 @@ class TritonPythonModel(DiffusionModel):
     def _generate(self, request, sender) -> None:
         try:
             params = validate_video_params(self.limits, **self.settings(request))
-            image = self._input_image(read_bytes(pb_utils, request, "INPUT_IMAGE"), params)
+            image = self._input_image(self.files(request)["image"], params)
             wanted = requested_outputs(request)
             progress = StepProgress(request, sender, wanted)
             start = time.perf_counter()
@@ -54,39 +54,33 @@ class TritonPythonModel(DiffusionModel):
                 elapsed = time.perf_counter() - start
                 self.metrics.seconds("denoise", elapsed)
                 self.metrics.steps(progress.done)
-            self.encoder.submit(self._finish, request, sender, wanted, params, frames, elapsed)
+            self.encoder.submit(self.answer, sender, self._finish, request, wanted, params, frames, elapsed)
         except Exception as exc:  # one bad request never takes the stub down
             self.fail(sender, exc)
 
     def _input_image(self, data: bytes | None, params: VideoParams) -> Image.Image | None:
         """The conditioning image an i2v model needs, fitted to the requested size."""
         check_video_mode(self.mode, bool(data), "this model")
-        if not data:
-            return None
-        return fit_image(decode_input_image(data, "input_reference"), params.width, params.height)
+        return fitted_input_image(data, "input_reference", params.width, params.height) if data else None
 
     def _finish(
-        self, request, sender, wanted: frozenset[str], params: VideoParams, frames: np.ndarray, elapsed: float
+        self, sender, request, wanted: frozenset[str], params: VideoParams, frames: np.ndarray, elapsed: float
     ) -> None:
-        """On the encode thread: MP4, then the final response (or the error that stopped it)."""
-        try:
-            if request.is_cancelled():  # nobody is waiting for the file: spare the CPU
-                raise GenerationCancelled("cancelled by the client before encoding")
-            start = time.perf_counter()
-            video = encode_mp4(frames, params.fps, self.crf)
-            self.metrics.seconds("encode", time.perf_counter() - start)
-            total = params.num_inference_steps
-            outputs = {
-                "PROGRESS": np.array([total, total], dtype=np.int32),
-                "VIDEO": np.array([video], dtype=np.object_),
-                "SEED": np.array([params.seed], dtype=np.int64),
-                "NUM_FRAMES": np.array([len(frames)], dtype=np.int32),
-                "INFERENCE_TIME_S": np.array([elapsed], dtype=np.float32),
-            }
-            sender.send(inference_response(pb_utils, outputs, wanted), flags=self.final)
-            self.metrics.request("success")
-        except Exception as exc:
-            self.fail(sender, exc)
+        """On the encode thread: MP4, then the final response."""
+        if request.is_cancelled():  # nobody is waiting for the file: spare the CPU
+            raise GenerationCancelled("cancelled by the client before encoding")
+        start = time.perf_counter()
+        video = encode_mp4(frames, params.fps, self.crf)
+        self.metrics.seconds("encode", time.perf_counter() - start)
+        total = params.num_inference_steps
+        outputs = {
+            "PROGRESS": np.array([total, total], dtype=np.int32),
+            "VIDEO": np.array([video], dtype=np.object_),
+            "SEED": np.array([params.seed], dtype=np.int64),
+            "NUM_FRAMES": np.array([len(frames)], dtype=np.int32),
+            "INFERENCE_TIME_S": np.array([elapsed], dtype=np.float32),
+        }
+        sender.send(inference_response(pb_utils, outputs, wanted), flags=self.final)
 
 
 class StepProgress:
