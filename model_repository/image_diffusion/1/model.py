@@ -35,6 +35,7 @@ import triton_python_backend_utils as pb_utils
 
 from diffusion_runtime.contract import IMAGE
 from diffusion_runtime.engines import EngineConfig, create_image_engine
+from diffusion_runtime.engines.base import warm_up_image
 from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.media import decode_input_image, edit_mask, encode_image, fit_image
 from diffusion_runtime.params import ImageLimits, ImageParams, validate_image_params
@@ -60,7 +61,9 @@ class TritonPythonModel(DiffusionModel):
     def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = ImageLimits.from_parameters(parameters)
         self.png_level = int(parameters.get("png_compress_level") or 1)
-        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
+        config = EngineConfig.from_parameters(parameters, device)
+        self.engine = create_image_engine(config)
+        self.warmup_s = warm_up_image(self.engine, config, self.limits)
 
     def _generate(self, request) -> Generated:
         params = validate_image_params(self.limits, **self.settings(request))
