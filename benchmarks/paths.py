@@ -43,15 +43,19 @@ def _noop(_done: int, _total: int) -> None:
 
 
 class BareImage:
-    """``create_image_engine`` with the parameters the served model was rendered with, plus ``encode_image``."""
+    """``create_image_engine`` with the parameters the served model was rendered with (warmed up as it is), plus
+    ``encode_image``."""
 
     def __init__(self, parameters: Mapping[str, str], device: str = "cpu") -> None:
         from diffusion_runtime.engines import EngineConfig, create_image_engine
+        from diffusion_runtime.engines.base import warm_up_image
         from diffusion_runtime.params import ImageLimits
 
         self.limits = ImageLimits.from_parameters(parameters)
         self.png_level = int(parameters.get("png_compress_level") or 1)
-        self.engine = create_image_engine(EngineConfig.from_parameters(parameters, device))
+        config = EngineConfig.from_parameters(parameters, device)
+        self.engine = create_image_engine(config)
+        self.warmup_s = warm_up_image(self.engine, config, self.limits)  # as the served model loads
 
     def generate(self, job: ImageJob) -> tuple[list[np.ndarray], float]:
         params = job.params(self.limits)

@@ -185,7 +185,7 @@ class ModelMetrics:
         )
         self._seconds = family(
             name="diffusion_seconds_total",
-            description="Seconds spent per phase (denoise: engine call; encode: file encoding)",
+            description="Seconds spent per phase (denoise: engine call; encode: file encoding; warmup: at load)",
             kind=family.COUNTER,
         )
         self._steps = family(name="diffusion_steps_total", description="Denoising steps completed", kind=family.COUNTER)

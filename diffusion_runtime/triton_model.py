@@ -68,6 +68,7 @@ class DiffusionModel:
     engine: Any
     encoder: ThreadPoolExecutor | None
     metrics: ModelMetrics
+    warmup_s: float | None = None  # set by ``load`` when it ran a warm-up generation; counted once metrics exist
 
     def initialize(self, args: dict[str, str]) -> None:
         """Metrics come last: had they been created before an engine that then fails to load, no ``finalize`` would
@@ -81,6 +82,8 @@ class DiffusionModel:
             else None
         )
         self.metrics = ModelMetrics(self.pb_utils, args["model_name"])
+        if self.warmup_s is not None:
+            self.metrics.seconds("warmup", self.warmup_s)
 
     def load(self, parameters: dict[str, str], device: str) -> None:
         """Read the model's own parameters and set ``self.engine`` (on ``device``)."""

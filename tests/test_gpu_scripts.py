@@ -188,3 +188,102 @@ def test_the_source_digest_follows_the_products_code_and_nothing_else(tmp_path):
     assert source_digest(tmp_path) == before
     (tmp_path / "diffusion_runtime" / "a.py").write_text("x = 2\n")
     assert source_digest(tmp_path) != before
+
+
+# --- image-engine variants --------------------------------------------------------------------------------------
+
+
+def test_variants_are_presets_joined_or_a_json_object(tmp_path):
+    from benchmarks.gpu import variants
+
+    parsed = variants.parse_variants("exact-default, compile+fuse+cudnn ,first-block")
+    assert list(parsed) == ["exact-default", "compile+fuse+cudnn", "first-block"]  # the first is the reference
+    assert parsed["exact-default"] == {}
+    assert parsed["compile+fuse+cudnn"] == {
+        "torch_compile": "transformer",
+        "fuse_qkv_projections": "true",
+        "attention_backend": "_native_cudnn",
+    }
+    (tmp_path / "v.json").write_text('{"plain": {}, "fast": {"torch_compile": "blocks", "warmup_steps": 3}}')
+    assert variants.parse_variants(f"@{tmp_path / 'v.json'}")["fast"] == {
+        "torch_compile": "blocks",
+        "warmup_steps": "3",
+    }
+    with pytest.raises(ValueError, match="unknown image variant 'compiled'"):
+        variants.parse_variants("exact-default,compiled")
+    assert variants.parse_settings(["sglang=compile", "pixels", "diffusers=compile-blocks+autotune"]) == {
+        "sglang": {"torch_compile": "transformer"},
+        "*": {"pixels_on_device": "true"},
+        "diffusers": {"torch_compile": "blocks", "compile_mode": "max-autotune-no-cudagraphs"},
+    }
+    for spec in variants.DEFAULT_VARIANTS.split(",") + variants.SGLANG_VARIANTS.split(","):
+        variants.combine(spec)
+
+
+def test_pixel_error_against_the_reference():
+    numpy = pytest.importorskip("numpy")
+    from benchmarks.gpu import variants
+
+    reference = [numpy.full((4, 4, 3), 100, numpy.uint8)] * 2
+    assert variants.pixel_error(reference, reference) == {
+        "images": 2,
+        "identical": True,
+        "max_abs": 0,
+        "mean_abs": 0.0,
+        "psnr_db": None,
+    }
+    off = [reference[0], numpy.full((4, 4, 3), 102, numpy.uint8)]
+    error = variants.pixel_error(off, reference)
+    assert (error["identical"], error["max_abs"], error["mean_abs"]) == (False, 2, 1.0)
+    assert error["psnr_db"] == pytest.approx(10 * numpy.log10(255**2 / 2.0))  # mean squared error 4 over half
+
+
+def test_variants_run_side_by_side_on_the_tiny_flux(tiny_models):
+    """The variants phase in this process on the CPU: each variant loads, generates the same seeds, and is held to
+    the reference; one that cannot load is recorded with its error and the others go on."""
+    from benchmarks.gpu import variants
+    from benchmarks.workloads import ImageJob
+
+    recorded = {}
+    base = {"model_path": str(tiny_models["tiny-flux"]), "engine": "diffusers", "cpu_threads": "1"}
+    base |= {"default_width": "64", "default_height": "64"}
+    variants.measure_variants(
+        variants.parse_variants("exact-default,pixels,fuse,first-block,cudnn"),
+        base,
+        "cpu",
+        job=lambda seed: ImageJob("a fox", width=64, height=64, n=1, steps=3, seed=seed, output_format="png"),
+        runs=lambda first_s, left_s: 2,
+        seconds_left=lambda: 600.0,
+        put=lambda keys, value: recorded.__setitem__(keys[0], value),
+        release=lambda: None,
+    )
+    assert recorded["exact-default"]["reference"] and recorded["exact-default"]["latency"]["n"] == 2
+    assert recorded["pixels"]["error_vs_reference"]["identical"]
+    assert recorded["fuse"]["error_vs_reference"]["max_abs"] <= 1
+    assert recorded["first-block"]["warmup_s"] > 0  # a step cache is tried at load
+    assert "speedup_vs_reference" in recorded["first-block"]
+    assert "warm-up generation failed" in recorded["cudnn"]["error"]  # no cuDNN attention on a CPU
+    assert "not measured" in variants.variant_line(recorded["cudnn"])
+    assert "identical" in variants.variant_line(recorded["pixels"])
+
+
+@pytest.mark.e2e
+def test_the_variants_plan_dry_runs_on_the_cpu(tmp_path):
+    """``--tiny`` runs the whole command line: models built, variants measured, results written, summary printed."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "benchmarks.gpu.bench", "--tiny", "--plan", "image-variants"]
+    command += ["--engines", "diffusers", "--image-variants", "exact-default,pixels+fuse,first-block"]
+    command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--model-root", str(tmp_path)]
+    command += ["--deadline", "300", "--pairs", "2"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    measured = results["image_variants"]["diffusers"]
+    assert measured["_base_parameters"]["default_width"] == "64"
+    assert measured["pixels+fuse"]["error_vs_reference"]["max_abs"] <= 1
+    assert "first-block" in measured and "finished" in results
+    assert "variant diffusers pixels+fuse: median" in completed.stdout
+    bad = subprocess.run([*command[:6], "--image-variants", "exact-default,bogus"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown image variant 'bogus'" in bad.stderr

@@ -15,12 +15,19 @@ Plans (``--plan``):
 - ``multi-gpu``: images/s with one instance per GPU on every visible GPU against one instance on GPU 0.
 - ``peer``: the image model on the ``sglang`` engine against SGLang's own server, ``sglang serve``, with the same
   folder and settings (``benchmarks.gpu.peer``): latency at concurrency 1 and images/s at ``--concurrency``.
+- ``image-variants``: for each engine of ``--engines``, the image engine alone (no server) under each set of speed
+  settings of ``--image-variants`` in turn: load and warm-up seconds, first request, latency, and the pixel error
+  against the first variant for the same seeds (``benchmarks/gpu/variants.py``).
+
+``--image-settings`` adds speed settings to the model of the ``image`` and ``multi-gpu`` plans (all engines, or
+``ENGINE=SPEC`` for one), in the variants' syntax, so the served stack is measured with the settings chosen.
 
 Everything is written to ``--out/results.json`` after each phase, so a run stopped at its time limit keeps what it
 measured. ``--deadline`` (seconds from start) shrinks repetitions to what still fits. ``--tiny`` builds toy models
 of the same classes on the CPU for a dry run of this whole script.
 
 usage (from the project root, in its environment): python -m benchmarks.gpu.bench --plan image,video,multi-gpu
+    python -m benchmarks.gpu.bench --plan image-variants --engines diffusers --image-variants exact-default,compile
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.gpu import variants
 from benchmarks.gpu.peer import measure_peer
 from benchmarks.gpu.peer import summary as peer_summary
 from benchmarks.paths import BareImage, BareVideo
@@ -167,6 +175,8 @@ class Settings:
     video_pairs: int
     load_timeout: float
     sglang_attention_backend: str
+    image_variants: str = ""  # "": each engine's default list (variants.DEFAULT_VARIANTS, SGLANG_VARIANTS)
+    image_settings: dict[str, dict[str, str]] = field(default_factory=dict)  # engine ("*": all) -> parameters
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -176,9 +186,14 @@ def image_parameters(settings: Settings, engine: str, model_path: Path) -> dict[
         "served_model_name": SERVED_NAME["image"],
         "png_compress_level": "1",
         "max_size": "2048",
+        # The measured size is the model's default, so a warm-up at load (warmup parameter) compiles for it.
+        "default_width": str(settings.image_size[0]),
+        "default_height": str(settings.image_size[1]),
         **engine_parameters(
             "flux", engine, on_gpu=not settings.tiny, attention_backend=settings.sglang_attention_backend
         ),
+        **settings.image_settings.get("*", {}),
+        **settings.image_settings.get(engine, {}),
     }
 
 
@@ -347,6 +362,26 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
         results.put([*key, "gpu_memory_mib"], gpu_memory())
     finally:
         tear_down(triton, served, bare)
+
+
+def measure_image_variants(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
+    """The engine alone under each speed-settings variant (``variants.py``), on the image plan's workload."""
+    spec = settings.image_variants or (variants.SGLANG_VARIANTS if engine == "sglang" else variants.DEFAULT_VARIANTS)
+    chosen = variants.parse_variants(spec)
+    model_path = ensure_model(settings, "flux", results)
+    base = image_parameters(settings, engine, model_path)
+    results.put(["image_variants", engine, "_base_parameters"], base)
+    size, steps = settings.image_size, settings.image_steps
+    variants.measure_variants(
+        chosen,
+        base,
+        settings.device,
+        job=lambda seed: image_job(size, steps, seed),
+        runs=lambda first_s, left_s: fit_repetitions(settings.pairs, first_s, left_s, reserve=15, minimum=2),
+        seconds_left=deadline.left,
+        put=lambda keys, value: results.put(["image_variants", engine, *keys], value),
+        release=release_gpu,
+    )
 
 
 def tear_down(triton: Any, served: Served | None, bare: Any) -> None:
@@ -534,6 +569,10 @@ def summary_lines(data: dict[str, Any]) -> str:
                     f"{throughput['bare_images_per_s']:.4f} img/s = {throughput['served_over_bare']:.4f} "
                     f"({throughput['images']} images, concurrency {throughput['concurrency']})"
                 )
+    for engine, entry in data.get("image_variants", {}).items():
+        for name, variant in entry.items():
+            if not name.startswith("_"):
+                lines.append(f"variant {engine} {name}: {variants.variant_line(variant)}")
     for engine, entry in data.get("multi_gpu", {}).items():
         for label, layout in entry.items():
             if isinstance(layout, dict) and "images_per_s" in layout:
@@ -588,13 +627,15 @@ def build_settings(args: argparse.Namespace) -> Settings:
         video_pairs=args.video_pairs,
         load_timeout=args.load_timeout,
         sglang_attention_backend=args.sglang_attention_backend,
+        image_variants=args.image_variants,
+        image_settings=variants.parse_settings(args.image_settings),
         env=env,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", required=True, help="comma list of image, video, multi-gpu, peer")
+    parser.add_argument("--plan", required=True, help="comma list of image, video, multi-gpu, peer, image-variants")
     parser.add_argument("--engines", default="sglang,diffusers", help="image engines, in order")
     parser.add_argument("--video-engines", default="diffusers")
     parser.add_argument("--multi-gpu-engine", default="diffusers")
@@ -615,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--load-timeout", type=float, default=400.0)
     parser.add_argument("--sglang-attention-backend", default=DEFAULT_SGLANG_ATTENTION_BACKEND)
+    parser.add_argument("--image-variants", default="", help="see benchmarks/gpu/variants.py (default: per engine)")
+    parser.add_argument("--image-settings", action="append", default=[], help="[ENGINE=]SPEC, e.g. compile+fuse")
     args = parser.parse_args(argv)
     if args.model_root is None:
         shm = Path("/dev/shm")
@@ -644,9 +687,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("device: %s", results.data["device"])
     plans = [p.strip() for p in args.plan.split(",") if p.strip()]
-    unknown = set(plans) - {"image", "video", "multi-gpu", "peer"}
+    unknown = set(plans) - {"image", "video", "multi-gpu", "peer", "image-variants"}
     if unknown:
         raise SystemExit(f"unknown plan(s) {sorted(unknown)}")
+    if args.image_variants:
+        try:
+            variants.parse_variants(args.image_variants)  # a typo stops the run before any model is built
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
     phases: list[tuple[str, Callable[[Deadline], None]]] = []
     for plan in plans:
         if plan == "image":
@@ -654,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
                 phases.append((f"image {engine}", lambda d, e=engine: measure_image_engine(settings, e, results, d)))
         elif plan == "peer":
             phases.append(("peer image", lambda d: measure_peer(settings, results, d)))
+        elif plan == "image-variants":
+            for engine in args.engines.split(","):
+                phases.append(
+                    (f"variants {engine}", lambda d, e=engine: measure_image_variants(settings, e, results, d))
+                )
         elif plan == "video":
             for engine in args.video_engines.split(","):
                 phases.append((f"video {engine}", lambda d, e=engine: measure_video(settings, e, results, d)))
@@ -662,7 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             phases.append((f"multi-gpu {engine}", lambda d, e=engine: measure_multi_gpu(settings, e, results, d)))
     failures = 0
     # Models first (one process each, GPU memory freed when it exits), then the phases share what time is left.
-    needed = (["flux"] if {"image", "multi-gpu", "peer"} & set(plans) else []) + (["wan"] if "video" in plans else [])
+    needed = (["flux"] if {"image", "multi-gpu", "image-variants", "peer"} & set(plans) else []) + (
+        ["wan"] if "video" in plans else []
+    )
     for kind in needed:
         try:
             ensure_model(settings, kind, results)

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from diffusion_runtime.errors import EngineFailure
-from diffusion_runtime.params import ImageParams, VideoParams
+from diffusion_runtime.params import ImageLimits, ImageParams, VideoParams
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,6 +30,17 @@ StepHook = Callable[[int, int], None]
 """Called after each denoising step with ``(steps_done, total_steps)``; may raise to stop the generation."""
 
 ENGINES = ("auto", "sglang", "diffusers")
+TORCH_COMPILE = ("off", "transformer", "blocks")
+WARMUP = ("auto", "on", "off")
+SPEED_SETTINGS = (
+    "torch_compile",
+    "compile_mode",
+    "fuse_qkv_projections",
+    "attention_backend",
+    "pixels_on_device",
+    "step_cache",
+    "step_cache_args",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,16 @@ class EngineConfig:
     sglang_sleep_on_idle: bool = False
     sglang_args: str = ""  # JSON object of further DiffGenerator.from_pretrained kwargs (tp_size, sp_degree, ...)
     cpu_threads: int = 0  # diffusers on a CPU: torch threads per instance; 0: torch's default (one per core)
+    # Speed settings of image engines (config.pbtxt says what each does); the defaults are the plain eager engine.
+    torch_compile: str = "off"  # off | transformer (whole module) | blocks (its repeated blocks, faster to compile)
+    compile_mode: str = ""  # torch.compile's mode ("": torch's default), e.g. max-autotune-no-cudagraphs
+    fuse_qkv_projections: bool = False
+    attention_backend: str = ""  # diffusers' attention dispatcher backend ("": diffusers' default, native SDPA)
+    pixels_on_device: bool = False  # diffusers: round to uint8 on the device, copy 1 byte per value to the host
+    step_cache: str = ""  # "": exact; else a step-caching method (lossy, opt-in)
+    step_cache_args: str = ""  # JSON object of the step-caching method's settings
+    warmup: str = "auto"  # auto: on with torch_compile, attention_backend or step_cache (see warms_up)
+    warmup_steps: int = 2
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str], device: str) -> EngineConfig:
@@ -53,9 +75,17 @@ class EngineConfig:
             value = parameters.get(key, "")
             return value if value.strip() else default
 
-        engine = get("engine", "auto").lower()
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        def flag(key: str) -> bool:
+            return get(key, "false").strip().lower() in ("1", "true", "yes", "on")
+
+        def choice(key: str, choices: tuple[str, ...]) -> str:
+            value = get(key, choices[0]).strip().lower()
+            if value not in choices:
+                raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+            return value
+
+        engine = choice("engine", ENGINES)
+        step_cache = get("step_cache", "").strip().lower()
         return cls(
             model_path=get("model_path", ""),
             engine=engine,
@@ -65,10 +95,33 @@ class EngineConfig:
             sglang_backend=get("sglang_backend", "auto"),
             sglang_model_id=get("sglang_model_id", ""),
             sglang_attention_backend=get("sglang_attention_backend", ""),
-            sglang_sleep_on_idle=get("sglang_sleep_on_idle", "false").lower() in ("1", "true", "yes"),
+            sglang_sleep_on_idle=flag("sglang_sleep_on_idle"),
             sglang_args=get("sglang_args", ""),
             cpu_threads=int(get("cpu_threads", "0")),
+            torch_compile=choice("torch_compile", TORCH_COMPILE),
+            compile_mode=get("compile_mode", "").strip(),
+            fuse_qkv_projections=flag("fuse_qkv_projections"),
+            attention_backend=get("attention_backend", "").strip().lower(),
+            pixels_on_device=flag("pixels_on_device"),
+            step_cache="" if step_cache == "off" else step_cache,
+            step_cache_args=get("step_cache_args", ""),
+            warmup=choice("warmup", WARMUP),
+            warmup_steps=int(get("warmup_steps", "2")),
         )
+
+    def speed_settings(self) -> list[str]:
+        """The names of the speed settings set to something other than the plain engine's default."""
+        plain = EngineConfig(model_path=self.model_path)
+        return [name for name in SPEED_SETTINGS if getattr(self, name) != getattr(plain, name)]
+
+    def warms_up(self) -> bool:
+        """Whether loading ends with a warm-up generation. ``auto``: when the transformer is compiled (its first
+        call compiles, for minutes on a GPU), or runs a named attention backend or a step cache (kernels this device
+        lacks, or cache settings the model does not fit, then fail the load rather than the first request). An eager
+        engine's first request costs little extra."""
+        if self.warmup != "auto":
+            return self.warmup == "on"
+        return self.torch_compile != "off" or bool(self.attention_backend) or bool(self.step_cache)
 
     def resolved_engine(self) -> str:
         if self.engine != "auto":
@@ -127,6 +180,44 @@ class VideoEngine(Protocol):
     def generate(self, params: VideoParams, image: Image.Image | None, on_step: StepHook) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def warm_up_image(engine: ImageEngine, config: EngineConfig, limits: ImageLimits) -> float | None:
+    """One generation at the model's default size and guidance, ``warmup_steps`` steps, when ``config.warms_up()``:
+    compilation and autotuning then happen while the model loads, not in a user's first request. Its seconds, or
+    None when there was none. (Other sizes still compile on their first request.)"""
+    if not config.warms_up():
+        return None
+    params = ImageParams(
+        prompt="warm-up",
+        negative_prompt=None,
+        width=limits.default_width,
+        height=limits.default_height,
+        n=1,
+        num_inference_steps=max(1, config.warmup_steps),
+        guidance_scale=limits.default_guidance_scale,
+        seed=0,
+        output_format="png",
+        output_compression=100,
+    )
+    start = time.perf_counter()
+    try:
+        engine.generate(params, lambda _done, _total: None)
+    except Exception as exc:  # e.g. an attention backend whose kernels this device lacks: say which settings
+        settings = ", ".join(f"{name}={getattr(config, name)!r}" for name in config.speed_settings()) or "none"
+        raise EngineFailure(f"the warm-up generation failed (speed settings: {settings}): {exc}") from exc
+    seconds = time.perf_counter() - start
+    # A warning so that it reaches tritonserver's log: the stub configures no logging, so its root logger shows
+    # warnings and above only.
+    log.warning(
+        "warm-up generation (%dx%d, %d steps, torch_compile=%s) took %.1f s",
+        params.width,
+        params.height,
+        params.num_inference_steps,
+        config.torch_compile,
+        seconds,
+    )
+    return seconds
 
 
 def check_video(frames: np.ndarray, params: VideoParams) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video
+from diffusion_runtime.engines.diffusers_speed import apply_speed_settings, reset_step_cache, to_uint8_images
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc, to_uint8_video
 from diffusion_runtime.params import ImageParams, VideoParams
@@ -71,16 +72,19 @@ class _DiffusersEngine:
         seeds: list[int],
         negative_prompt: str | None,
         pipe: Any = None,
+        output_type: str = "np",
         **kwargs: Any,
     ) -> Any:
         import torch
 
         pipe = pipe or self.pipe
         on_step(0, steps)
+        if self.config.step_cache:
+            reset_step_cache(pipe)
         kwargs.update(
             num_inference_steps=steps,
             generator=seeded_generators(seeds),
-            output_type="np",
+            output_type=output_type,
             callback_on_step_end=step_callback(on_step, steps),
         )
         if negative_prompt and "negative_prompt" in inspect.signature(pipe.__call__).parameters:
@@ -94,10 +98,12 @@ class _DiffusersEngine:
 
 class DiffusersImageEngine(_DiffusersEngine):
     """Text-to-image, and edits: an input image (image-to-image) or an image and a mask (inpainting) go to the
-    matching pipeline built from the loaded one with ``from_pipe`` (same weights, no extra memory)."""
+    matching pipeline built from the loaded one with ``from_pipe`` (same weights, same compiled transformer, no
+    extra memory). The speed settings (``diffusers_speed``) are applied once, here."""
 
     def __init__(self, config: EngineConfig) -> None:
         super().__init__(config)
+        apply_speed_settings(self.pipe, config)
         self._edit_pipes: dict[bool, Any] = {}
 
     def _edit_pipe(self, masked: bool) -> Any:
@@ -136,16 +142,24 @@ class DiffusersImageEngine(_DiffusersEngine):
             width=params.width,
             guidance_scale=params.guidance_scale,
             num_images_per_prompt=params.n,
+            output_type="pt" if self.config.pixels_on_device else "np",
             **edit,
         ).images
         if len(images) != params.n:
             raise EngineFailure(f"the pipeline returned {len(images)} images, {params.n} were asked for")
+        if self.config.pixels_on_device:
+            return to_uint8_images(images)
         return [to_uint8_hwc(image) for image in images]
 
 
 class DiffusersVideoEngine(_DiffusersEngine):
     """Wan-class text-to-video (``WanPipeline``) or image-to-video (``WanImageToVideoPipeline``): which one is
     the checkpoint's ``model_index.json`` choice, through ``DiffusionPipeline``."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        if config.speed_settings():
+            raise ValueError(f"{', '.join(config.speed_settings())}: image-model settings only, so far")
+        super().__init__(config)
 
     def generate(self, params: VideoParams, image: Image.Image | None, on_step: StepHook) -> np.ndarray:
         extra: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffusion_runtime.engines.base import EngineConfig, StepHook, check_video, json_object
+from diffusion_runtime.engines.sglang_speed import speed_kwargs, step_cache_sampling
 from diffusion_runtime.errors import EngineFailure, InvalidRequest
 from diffusion_runtime.media import to_uint8_hwc
 from diffusion_runtime.net import free_port
@@ -106,6 +107,7 @@ def generator_kwargs(config: EngineConfig) -> dict[str, Any]:
         kwargs["attention_backend"] = config.sglang_attention_backend
     if config.sglang_sleep_on_idle:
         kwargs["sleep_on_idle"] = True
+    kwargs.update(speed_kwargs(config))
     kwargs.update(json_object(config.sglang_args, "sglang_args"))
     return kwargs
 
@@ -233,6 +235,8 @@ class _SGLangEngine:
         # 30005, and both schedulers on 5628). Give each generator its own free ports unless sglang_args sets them.
         for key in ("port", "master_port", "scheduler_port"):
             kwargs.setdefault(key, free_port())
+        if config.compile_mode:  # read by SGLang's workers, which inherit this process's environment
+            os.environ["SGLANG_TORCH_COMPILE_MODE"] = config.compile_mode
         log.info("starting SGLang DiffGenerator: %s", kwargs)
         self.generator = DiffGenerator.from_pretrained(**kwargs)
 
@@ -284,7 +288,8 @@ class SGLangImageEngine(_SGLangEngine):
         images = []
         for index, seed in enumerate(params.seeds):
             on_step(index * steps, params.n * steps)
-            images.append(first_frame(self._generate_one(_sampling(params, seed))))
+            sampling = {**_sampling(params, seed), **step_cache_sampling(self.config)}
+            images.append(first_frame(self._generate_one(sampling)))
         on_step(params.n * steps, params.n * steps)
         return images
 
