@@ -26,10 +26,9 @@ class RequestStream:
       factory is gone then (seen: a segfault in ``TRITONBACKEND_ResponseFactoryIsCancelled`` when a stop string
       ended a request while the decoder's batch thread asked). A finished request reads as not cancelled.
     - The request object outlives its final response (``StreamRunner`` keeps the last ``RETIRED_REQUESTS``).
-    Even so, with 8 requests in flight tritonserver still died within a minute of sustained load (segfaults in
-    ``libtriton_python.so``, or ``boost::interprocess::lock_exception``), whether cancellation was asked from the
-    batch thread, from each request's own thread, or not at all, and with every Triton call behind one lock;
-    the same load through the one-at-a-time path ran clean. Hence that path is the default."""
+    - Custom metrics are updated under one lock (``triton_io.ModelMetrics`` says why): unguarded increments from
+      the worker threads were what killed tritonserver under sustained load with 8 requests in flight (segfaults
+      in ``libtriton_python.so``, or ``boost::interprocess::lock_exception``)."""
 
     def __init__(self, request: Any, sender: Any, final_flag: int) -> None:
         self._request = request

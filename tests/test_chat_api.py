@@ -209,17 +209,26 @@ def test_mid_stream_failure_is_an_error_event_the_sdk_raises(
 
 
 @pytest.fixture(scope="module")
-def batching_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The model with requests run together (``max_running_requests`` 8; the default runs one at a time)."""
+def one_at_a_time_stack(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The model with ``max_running_requests`` 1: each request decoded inside ``execute``, one after another."""
     spec = dllm_spec(tiny_models)
-    spec = ModelSpec(spec.triton_name, {**spec.parameters, "max_running_requests": "8"})
-    yield from start_stack([spec], tmp_path_factory.mktemp("dllm-batching"))
+    spec = ModelSpec(spec.triton_name, {**spec.parameters, "max_running_requests": "1"})
+    yield from start_stack([spec], tmp_path_factory.mktemp("dllm-one-at-a-time"))
 
 
-def test_concurrent_requests_are_decoded_together_and_answer_as_alone(batching_stack: Stack) -> None:
+def test_one_at_a_time_answers_concurrent_requests_as_alone(one_at_a_time_stack: Stack) -> None:
+    requests = [
+        {"messages": [{"role": "user", "content": f"Story {i}"}], "max_tokens": 16, "seed": i} for i in range(3)
+    ]
+    alone = [chat(one_at_a_time_stack, **r).choices[0].message.content for r in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: chat(one_at_a_time_stack, **r).choices[0].message.content, requests))
+    assert together == alone
+
+
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(stack: Stack) -> None:
     """Eight streams at once (different seeds, prompts and lengths) are in progress together, and each gets the
-    text it gets alone: the model decodes them in one batch without mixing them up."""
-    stack = batching_stack
+    text it gets alone: the model decodes them in one batch (its default) without mixing them up."""
     requests = [
         {
             "messages": [{"role": "user", "content": "Tell me story " * (i + 1)}],

@@ -15,8 +15,9 @@ from diffusion_runtime.errors import InvalidRequest
 from diffusion_runtime.params.text import TextParams
 
 FINISH_REASONS = ("stop", "length")
-# Requests a model runs together when max_running_requests is 0: one (see the dllm model.py for why not more).
-DEFAULT_CONCURRENT_REQUESTS = 1
+# Requests a model runs together when max_running_requests is 0: with the transformers engine, one batched forward
+# per refinement step over them (the dllm model.py says how they run; 1 decodes one at a time inside execute).
+DEFAULT_CONCURRENT_REQUESTS = 8
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
 """Triton glue for diffusion-LM text generation (decoupled): tensors in, engine deltas out as responses.
 
-By default (``max_running_requests`` 0 or 1) each request is decoded inside ``execute``, one at a time. Above 1,
-requests run together on worker threads, and the transformers engine decodes the requests in flight together,
-one batched forward per refinement step (``triton_streams.StreamRunner``). That mode is opt-in because Triton
-2.51's Python backend (the embedded server) crashed under sustained concurrent load with many decoupled requests
-in flight (``triton_streams.RequestStream``); run it on a Triton that holds up, and measure there.
+Requests run together (``max_running_requests``, default 8): ``execute`` hands each to a worker thread, and the
+transformers engine decodes the requests in flight together, one batched forward per refinement step
+(``triton_streams.StreamRunner``). With ``max_running_requests`` 1 each request is decoded inside ``execute``, one
+at a time.
 
 Every decoded block becomes one response carrying the new ``TEXT``; the last also carries the finish reason and
 token counts, and the FINAL flag (the aio gRPC client ignores an empty final response, so FINAL goes on the last
