@@ -6,13 +6,18 @@ concurrency (1, then 8, then 1 again, ...) and counts the completion tokens that
 The dllm model is served with ``max_running_requests`` set to the highest concurrency, so it decodes the requests in
 flight together (one batched forward per refinement step) and tokens/s should grow with concurrency; the goal on a
 GPU is at least 4x at concurrency 8 (``--max-running-requests 1`` measures the one-at-a-time default instead).
-Prints a table and writes ``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
+With ``--bare``, each level is also run against the bare engine: the project's text engine class (for ``sglang``,
+the thin adapter over ``sglang.Engine``) loaded in this process with the same parameters and driven by the same
+requests from the same number of threads; served and bare levels alternate, and the table adds served/bare
+tokens/s per concurrency (the goal: at least 0.97). Prints a table and writes
+``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
 
 On a GPU host (every visible GPU unless ``--gpus``; one instance per GPU)::
 
     python -m benchmarks.dllm_concurrency --gpus 0 --model /models/LLaDA-8B-Instruct --mask-token-id 126336 \\
         --engine transformers --max-tokens 128 --block-length 32 --rounds 5
-    python -m benchmarks.dllm_concurrency --gpus 0 --model /models/LLaDA2.0-mini --engine sglang
+    python -m benchmarks.dllm_concurrency --gpus 0 --model /models/LLaDA2.0-mini --engine sglang --bare \\
+        --sglang-args '{"attention_backend": "triton", "mem_fraction_static": 0.4}'
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +82,46 @@ def completion_body(args: argparse.Namespace, index: int) -> dict[str, Any]:
     }
 
 
-def run_level(url: str, args: argparse.Namespace, concurrency: int) -> Level:
+Complete = Callable[[int], int]
+"""Send completion ``index`` and return its completion tokens (one client's call, served or bare)."""
+Connect = Callable[[], AbstractContextManager[Complete]]
+"""Open one client (a thread's connection) for the duration of a level."""
+
+
+def served_completion(url: str, args: argparse.Namespace) -> Connect:
+    """A client of the served stack: one HTTP connection per client thread."""
+
+    @contextmanager
+    def client() -> Iterator[Complete]:
+        with httpx.Client(timeout=args.request_timeout) as http:
+
+            def complete(index: int) -> int:
+                response = http.post(f"{url}/v1/completions", json=completion_body(args, index))
+                response.raise_for_status()
+                return response.json()["usage"]["completion_tokens"]
+
+            yield complete
+
+    return client
+
+
+def bare_completion(engine: Any, limits: Any, args: argparse.Namespace) -> Connect:
+    """A client of the bare engine: the same request, validated as the model validates it, decoded in this process."""
+    from diffusion_runtime.params.text import validate_text_params
+
+    @contextmanager
+    def client() -> Iterator[Complete]:
+        def complete(index: int) -> int:
+            body = {k: v for k, v in completion_body(args, index).items() if k != "model"}
+            deltas = list(engine.generate(validate_text_params(limits, **body), lambda done, total: None))
+            return deltas[-1].completion_tokens
+
+        yield complete
+
+    return client
+
+
+def run_level(connect: Connect, args: argparse.Namespace, concurrency: int) -> Level:
     """``args.requests`` completions (at least two per client) from ``concurrency`` client threads."""
     count = max(args.requests, 2 * concurrency)
     next_index = iter(range(count))
@@ -87,16 +131,14 @@ def run_level(url: str, args: argparse.Namespace, concurrency: int) -> Level:
 
     def client() -> None:
         nonlocal tokens
-        with httpx.Client(timeout=args.request_timeout) as http:
+        with connect() as complete:
             while True:
                 with lock:
                     index = next(next_index, None)
                 if index is None:
                     return
                 start = time.perf_counter()
-                response = http.post(f"{url}/v1/completions", json=completion_body(args, index))
-                response.raise_for_status()
-                used = response.json()["usage"]["completion_tokens"]
+                used = complete(index)
                 with lock:
                     latencies.append(time.perf_counter() - start)
                     tokens += used
@@ -108,9 +150,8 @@ def run_level(url: str, args: argparse.Namespace, concurrency: int) -> Level:
     return Level(concurrency, time.perf_counter() - start, tokens, latencies)
 
 
-@contextmanager
-def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
-    """tritonserver with the dllm model alone, and the frontend over it."""
+def model_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """The dllm model's parameters, for the served model and the bare engine alike."""
     parameters = {
         "model_path": str(args.model),
         "served_model_name": SERVED_NAME,
@@ -122,6 +163,33 @@ def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
         parameters["cpu_threads"] = str(args.cpu_threads)
     if args.mask_token_id is not None:
         parameters["mask_token_id"] = str(args.mask_token_id)
+    if args.sglang_args:
+        parameters["sglang_args"] = args.sglang_args
+    return parameters
+
+
+@contextmanager
+def bare_dllm(args: argparse.Namespace) -> Iterator[Connect | None]:
+    """The bare engine with the served model's parameters (None without ``--bare``), on the first GPU given."""
+    if not args.bare:
+        yield None
+        return
+    from diffusion_runtime.dllm import TextEngineConfig, create_text_engine
+    from diffusion_runtime.params.text import TextLimits
+
+    parameters = model_parameters(args)
+    device = f"cuda:{args.gpu_list[0]}" if args.gpu_list else "cpu"
+    engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
+    try:
+        yield bare_completion(engine, TextLimits.from_parameters(parameters), args)
+    finally:
+        engine.close()
+
+
+@contextmanager
+def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
+    """tritonserver with the dllm model alone, and the frontend over it."""
+    parameters = model_parameters(args)
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(workdir / "hf")}
     triton = start_triton([ModelSpec("dllm", parameters)], args.gpu_list, workdir, env)
     frontend = None
@@ -138,19 +206,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.work or tempfile.mkdtemp(prefix="dllm-concurrency-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
-    with served_dllm(args, workdir) as frontend:
+    bare_rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
+    with served_dllm(args, workdir) as frontend, bare_dllm(args) as bare:
+        sides = [("served", served_completion(frontend.url, args), rounds)]
+        if bare is not None:
+            sides.append(("bare", bare, bare_rounds))
         for concurrency in args.concurrency:  # warm-up, not recorded
-            run_level(frontend.url, args, concurrency)
+            for _, connect, _ in sides:
+                run_level(connect, args, concurrency)
         for round_index in range(args.rounds):
             order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
             for concurrency in order:
-                level = run_level(frontend.url, args, concurrency)
-                rounds[concurrency].append(level)
-                print(
-                    f"[dllm-concurrency] round {round_index + 1}/{args.rounds} concurrency {concurrency}: "
-                    f"{level.tokens_per_s:.1f} tokens/s",
-                    flush=True,
-                )
+                for side, connect, into in sides if round_index % 2 == 0 else sides[::-1]:
+                    level = run_level(connect, args, concurrency)
+                    into[concurrency].append(level)
+                    print(
+                        f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side} concurrency {concurrency}: "
+                        f"{level.tokens_per_s:.1f} tokens/s",
+                        flush=True,
+                    )
     base = args.concurrency[0]
     levels = {
         str(c): {
@@ -165,23 +239,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in rounds[base]])
         for c in args.concurrency[1:]
     }
-    return {"levels": levels, "tokens_per_s_ratio_vs_concurrency_1": ratios, "workdir": str(workdir)}
+    results: dict[str, Any] = {
+        "levels": levels,
+        "tokens_per_s_ratio_vs_concurrency_1": ratios,
+        "workdir": str(workdir),
+    }
+    if args.bare:
+        results["bare_tokens_per_s"] = {
+            str(c): summarize([level.tokens_per_s for level in runs]) for c, runs in bare_rounds.items()
+        }
+        results["served_over_bare"] = {
+            str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in bare_rounds[c]])
+            for c in args.concurrency
+        }
+    return results
 
 
 def table(results: dict[str, Any]) -> str:
+    def interval(ratio: dict[str, Any]) -> str:
+        return f"{ratio['median']:.2f}x [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]"
+
+    bare = results.get("served_over_bare")
     rows = []
     for c, level in results["levels"].items():
         ratio = results["tokens_per_s_ratio_vs_concurrency_1"].get(c)
-        rows.append(
-            [
-                c,
-                f"{level['tokens_per_s']['median']:.1f}",
-                f"{level['latency_ms']['p50']:.0f}",
-                f"{level['latency_ms']['p95']:.0f}",
-                f"{ratio['median']:.2f}x [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]" if ratio else "1x",
-            ]
-        )
+        row = [
+            c,
+            f"{level['tokens_per_s']['median']:.1f}",
+            f"{level['latency_ms']['p50']:.0f}",
+            f"{level['latency_ms']['p95']:.0f}",
+            interval(ratio) if ratio else "1x",
+        ]
+        if bare:
+            row += [f"{results['bare_tokens_per_s'][c]['median']:.1f}", interval(bare[c])]
+        rows.append(row)
     header = ["concurrency", "tokens/s (median)", "latency p50 ms", "latency p95 ms", "tokens/s vs concurrency 1"]
+    if bare:
+        header += ["bare tokens/s", "served/bare"]
     return markdown_table(rows, header)
 
 
@@ -200,6 +294,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the model's max_running_requests (default: the highest concurrency; 1: one request at a time)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare", action="store_true", help="also run the engine bare in this process, interleaved")
+    parser.add_argument("--sglang-args", default="", help="JSON object of further sglang.Engine kwargs (sglang_args)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=0, help="refinement steps per answer (0: one per token)")

@@ -151,6 +151,7 @@ class Options:
     on_gpu: bool
     sglang_attention_backend: str
     dllm_sglang_model: str | None
+    dllm_sglang_args: str = ""  # JSON object of further sglang.Engine kwargs (the model's sglang_args)
 
 
 def engine_unavailable_reason(kind: str, engine: str, options: Options) -> str | None:
@@ -185,7 +186,8 @@ def model_parameters(kind: str, engine: str, options: Options) -> dict[str, str]
             ),
         }
     if engine == "sglang":
-        return {"engine": "sglang"}
+        extra = {"sglang_args": options.dllm_sglang_args} if options.dllm_sglang_args else {}
+        return {"engine": "sglang", **extra}
     return {"engine": "transformers"} if options.on_gpu else {"engine": "transformers", "cpu_threads": "1"}
 
 
@@ -948,6 +950,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sglang-attention-backend", default=DEFAULT_SGLANG_ATTENTION_BACKEND)
     parser.add_argument("--dllm-sglang-model", default=None, help="a LLaDA2/SDAR checkpoint for SGLang's dLLM engine")
+    parser.add_argument(
+        "--dllm-sglang-args",
+        default="",
+        help="JSON object of further sglang.Engine kwargs for it, e.g. an attention backend that needs no compiled "
+        'extension on a host without SGLang\'s kernels: {"attention_backend": "triton", "disable_cuda_graph": true}',
+    )
     return parser
 
 
@@ -960,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         on_gpu=bool(gpus),
         sglang_attention_backend=args.sglang_attention_backend,
         dllm_sglang_model=args.dllm_sglang_model,
+        dllm_sglang_args=args.dllm_sglang_args,
     )
     workdir = args.work or Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     workdir.mkdir(parents=True, exist_ok=True)

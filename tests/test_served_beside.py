@@ -1,5 +1,6 @@
-"""The side-by-side with SGLang's own server (``benchmarks.gpu.peer``): the peer gets the flags our engine gives
-``DiffGenerator``, and the plan runs end to end on toy models (a dry run of the GPU measurement on the CPU)."""
+"""The benchmarks that set the served stack beside something else: SGLang's own server (``benchmarks.gpu.peer``,
+started with the flags our engine gives ``DiffGenerator``; the plan runs end to end on toy models, a dry run of the GPU
+measurement on the CPU) and the bare dLLM engine (``benchmarks.dllm_concurrency --bare``)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,17 @@ def test_the_peer_plan_measures_both_servers_on_toy_models(tmp_path: Path) -> No
         throughput["ours_images_per_s"] / throughput["peer_images_per_s"]
     )
     assert "peer image: latency ours" in run.stdout, "the summary names the comparison"
+
+
+@pytest.mark.e2e  # starts tritonserver and the frontend over the tiny dLLM, and the same engine bare
+def test_the_dllm_benchmark_measures_served_against_bare_at_each_concurrency(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.dllm_concurrency", "--bare", "--rounds", "2", "--requests", "4"]
+    command += ["--concurrency", "1,2", "--max-running-requests", "1", "--max-tokens", "16", "--block-length", "8"]
+    command += ["--out-dir", str(tmp_path), "--work", str(tmp_path / "work"), "--date", "test"]
+    run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads((tmp_path / "dllm-concurrency-cpu-test.json").read_text())
+    for level in ("1", "2"):
+        assert record["bare_tokens_per_s"][level]["median"] > 0
+        assert record["served_over_bare"][level]["median"] > 0
+    assert "served/bare" in run.stdout, "the table has the served/bare column"
