@@ -171,6 +171,7 @@ def test_compile_settings_reach_torch_compile(tiny_models: dict[str, Path], monk
     ]
 
 
+@pytest.mark.e2e  # inductor starts compile worker processes
 def test_a_compiled_transformer_compiles_during_warm_up_not_in_the_first_request(
     tiny_models: dict[str, Path], exact: list[np.ndarray]
 ) -> None:
