@@ -64,6 +64,7 @@ def test_the_peer_plan_measures_both_servers_on_toy_models(tmp_path: Path) -> No
         throughput["ours_images_per_s"] / throughput["peer_images_per_s"]
     )
     assert "peer image: latency ours" in run.stdout, "the summary names the comparison"
+    assert not (PROJECT_ROOT / "outputs").exists(), "sglang serve kept no copies of the images in the checkout"
 
 
 @pytest.mark.e2e  # starts tritonserver and the frontend over the tiny dLLM, and the same engine bare

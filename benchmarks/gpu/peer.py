@@ -71,6 +71,7 @@ class PeerServer:
         executable = shutil.which("sglang", path=str(Path(sys.executable).parent)) or "sglang"
         command = [executable, "serve", "--model-type", "diffusion", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--master-port", str(free_port()), "--scheduler-port", str(free_port())]
+        command += ["--output-path", ""]  # no copy of each image on disk: ours answers b64_json without storing
         command += peer_flags(parameters, settings.device)
         env = stack_environment(settings.env)
         if settings.gpus:
@@ -79,7 +80,7 @@ class PeerServer:
         log.info("starting the peer: %s", " ".join(command))
         with open(log_file, "ab") as output:
             process = subprocess.Popen(
-                command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+                command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
             )
         return cls(process, f"http://127.0.0.1:{port}", log_file)
 
