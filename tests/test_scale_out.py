@@ -24,8 +24,7 @@ import psycopg
 import pytest
 
 from diffusion_runtime.launcher.postgres import LocalPostgres
-from diffusion_runtime.launcher.processes import Frontend, TritonServer
-from diffusion_runtime.launcher.processes import _wait_until as wait_until_ready
+from diffusion_runtime.launcher.processes import Frontend, TritonServer, wait_until_ready
 from diffusion_runtime.launcher.repository import PROJECT_ROOT, render_repository
 from diffusion_runtime.media import probe_mp4
 from diffusion_runtime.net import free_port

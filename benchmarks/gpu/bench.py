@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,28 +403,38 @@ def _bare_loop(bare: BareImage, size, steps: int, count: int) -> float:
     return time.perf_counter() - start
 
 
-def _served_concurrent(served: Served, size, steps: int, count: int, concurrency: int) -> tuple[float, list[float]]:
-    """``count`` requests from ``concurrency`` clients, each sending its next request when the last one returns."""
-    seeds = iter(range(900, 900 + count))
+def closed_loop(send: Callable[[int], float], seeds: Iterable[int], concurrency: int) -> tuple[float, list[float]]:
+    """``concurrency`` clients, each sending the next seed's request when its last one returned (``send`` returns
+    that request's seconds): the wall time for all of them, and each request's seconds."""
+    pending = iter(seeds)
     lock = threading.Lock()
     durations: list[float] = []
 
-    def client_loop() -> None:
-        with httpx.Client(base_url=served.frontend.url, timeout=1800) as client:
-            while True:
-                with lock:
-                    seed = next(seeds, None)
-                if seed is None:
-                    return
-                seconds, _ = post_image(client, served.model, image_job(size, steps, seed))
-                with lock:
-                    durations.append(seconds)
+    def client() -> None:
+        while True:
+            with lock:
+                seed = next(pending, None)
+            if seed is None:
+                return
+            seconds = send(seed)
+            with lock:
+                durations.append(seconds)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(client_loop) for _ in range(concurrency)]:
+        for future in [pool.submit(client) for _ in range(concurrency)]:
             future.result()
     return time.perf_counter() - start, durations
+
+
+def _served_concurrent(served: Served, size, steps: int, count: int, concurrency: int) -> tuple[float, list[float]]:
+    """``count`` served images from ``concurrency`` clients in a closed loop."""
+    with httpx.Client(base_url=served.frontend.url, timeout=1800) as client:
+        return closed_loop(
+            lambda seed: post_image(client, served.model, image_job(size, steps, seed))[0],
+            range(900, 900 + count),
+            concurrency,
+        )
 
 
 def measure_video(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:

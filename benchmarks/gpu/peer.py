@@ -18,10 +18,8 @@ import logging
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,23 +83,14 @@ class PeerServer:
         return cls(process, f"http://127.0.0.1:{port}", log_file)
 
     def wait_ready(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"sglang serve exited with code {self.process.returncode}:\n{tail}")
-            try:
-                if httpx.get(self.url + PEER_HEALTH_PATH, timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"sglang serve was not ready within {timeout:.0f} s (log: {self.log_file})")
+        from diffusion_runtime.launcher.processes import wait_until_ready
+
+        wait_until_ready(self.url + PEER_HEALTH_PATH, self.process, timeout, "sglang serve", self.log_file)
 
     def stop(self) -> None:
-        from diffusion_runtime.launcher.processes import _stop
+        from diffusion_runtime.launcher.processes import stop_process
 
-        _stop(self.process)
+        stop_process(self.process)
 
 
 def post(base_url: str, body: dict[str, Any], timeout: float = 1800) -> float:
@@ -114,30 +103,11 @@ def post(base_url: str, body: dict[str, Any], timeout: float = 1800) -> float:
     return time.perf_counter() - start
 
 
-def concurrent_wall(send: Callable[[int], float], seeds: range, concurrency: int) -> float:
-    """Seconds for ``concurrency`` clients to get every seed's image, each sending its next when one returns."""
-    pending = iter(seeds)
-    lock = threading.Lock()
-
-    def client() -> None:
-        while True:
-            with lock:
-                seed = next(pending, None)
-            if seed is None:
-                return
-            send(seed)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(client) for _ in range(concurrency)]:
-            future.result()
-    return time.perf_counter() - start
-
-
 def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -> None:
     """The ``peer`` plan: FLUX through our stack (``sglang`` engine) against ``sglang serve``, same folder, same GPU."""
     from benchmarks.gpu.bench import (
         SERVED_NAME,
+        closed_loop,
         ensure_model,
         finish_stack,
         fit_repetitions,
@@ -207,7 +177,7 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
         walls: dict[str, list[float]] = {"ours": [], "peer": []}
         for round_index, side in enumerate(("ours", "peer", "peer", "ours")):  # ABBA: drift cancels out
             seeds = range(1000 * (round_index + 1), 1000 * (round_index + 1) + count)
-            walls[side].append(concurrent_wall(ours if side == "ours" else theirs, seeds, settings.concurrency))
+            walls[side].append(closed_loop(ours if side == "ours" else theirs, seeds, settings.concurrency)[0])
         rates = {side: 2 * count / sum(wall) for side, wall in walls.items()}
         throughput = {
             "images_per_round": count,

@@ -108,7 +108,7 @@ class ExitedBeforeReady(RuntimeError):
         self.log_file = log_file
 
 
-def _wait_until(url: str, process: subprocess.Popen, timeout: float, what: str, log: Path | None) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float, what: str, log: Path | None) -> None:
     """Poll ``url`` until it answers 200, failing at once if the process ends first (backing off to 1 s)."""
     deadline = time.monotonic() + timeout
     delay = 0.05
@@ -125,7 +125,7 @@ def _wait_until(url: str, process: subprocess.Popen, timeout: float, what: str, 
     raise TimeoutError(f"{what} was not ready at {url} within {timeout:.0f} s")
 
 
-def _stop(process: subprocess.Popen | None, grace: float = 20.0) -> None:
+def stop_process(process: subprocess.Popen | None, grace: float = 20.0) -> None:
     """SIGINT, then SIGKILL after ``grace``; then what is left of the process's group (each is started with
     ``start_new_session``) is killed: Triton 2.51 leaves behind the stub processes of a model version it
     could not unload (one whose stub died), and a frozen stub never notices that its server exited."""
@@ -225,7 +225,7 @@ class TritonServer:
 
     def wait_ready(self, timeout: float = 900.0) -> TritonServer:
         assert self.process is not None
-        _wait_until(f"{self.http_url}/v2/health/ready", self.process, timeout, "tritonserver", self.log_file)
+        wait_until_ready(f"{self.http_url}/v2/health/ready", self.process, timeout, "tritonserver", self.log_file)
         return self
 
     def load_failures(self) -> list[LoadFailure]:
@@ -233,7 +233,7 @@ class TritonServer:
         return load_failures(read_log(self.log_file))
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 class Frontend:
@@ -290,8 +290,8 @@ class Frontend:
 
     def wait_ready(self, timeout: float = 120.0) -> Frontend:
         assert self.process is not None
-        _wait_until(f"{self.url}/health", self.process, timeout, "the frontend", self.log_file)
+        wait_until_ready(f"{self.url}/health", self.process, timeout, "the frontend", self.log_file)
         return self
 
     def stop(self) -> None:
-        _stop(self.process, grace=10.0)
+        stop_process(self.process, grace=10.0)
