@@ -365,6 +365,7 @@ class Smoke:
         self.deadline = deadline
         self.checks: list[Check] = []
         self.missed: dict[str, str] = {}  # served model → the check in which it missed its deadline
+        self.server_log: Path | None = None  # the running stack's tritonserver.log: a failure quotes what it added
 
     def record(self, check: Check) -> None:
         self.checks.append(check)
@@ -385,6 +386,7 @@ class Smoke:
         deadline; later checks on it fail at once."""
         started = time.perf_counter()
         served = model.name if model else None
+        log_start = self.server_log.stat().st_size if self.server_log and self.server_log.exists() else 0
         try:
             if served in self.missed:
                 raise NotRun(f"not run: {served} missed its deadline in {self.missed[served]!r}")
@@ -399,6 +401,11 @@ class Smoke:
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, loudly, and the run goes on
             outcome = "fail"
             detail = f"{type(exc).__name__}: {exc}"[:4000] + "\n" + "".join(traceback.format_exc(limit=-3))[-1500:]
+        if outcome == "fail" and self.server_log and self.server_log.exists():
+            with self.server_log.open("rb") as log:  # the model's own account of the failure, e.g. a traceback
+                log.seek(log_start)
+                added = log.read().decode(errors="replace")
+            detail += f"\n... tritonserver.log during this check ends:\n{added[-4000:]}" if added.strip() else ""
         self.record(Check(name, engine, shape, outcome, round(time.perf_counter() - started, 3), detail, served))
         return outcome == "pass"
 
@@ -856,6 +863,7 @@ def run_stack(
                     )
                 )
             return
+        smoke.server_log = stack.triton.log_file if stack.triton is not None else None
         order = {"t2v": 0, "i2v": 1, "image": 2, "text": 3}
         for model in sorted(models, key=lambda m: order[m.kind]):
             if model.kind == "image":
