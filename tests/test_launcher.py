@@ -83,6 +83,17 @@ def test_a_model_that_did_not_load_is_named_with_the_reason_and_what_to_do(tmp_p
     assert "Traceback" not in message and "At:" not in message
 
 
+def test_a_caller_of_wait_ready_reads_which_model_failed_first(tmp_path: Path) -> None:
+    """Benchmarks and the smoke test meet ``ExitedBeforeReady`` directly: its first lines name the model and the
+    reason, not tritonserver's option table."""
+    error, _ = _failed_triton(tmp_path)
+    lines = str(error).splitlines()
+    assert lines[0] == "tritonserver exited with code 1 before it was ready"
+    assert lines[1].startswith("image_diffusion failed to load: OSError: Cannot load model black-forest-labs/")
+    assert lines[2] == 'dllm failed to load: ValueError: The provided path "/models/llada" is not a folder'
+    assert lines[-1] == f"its whole log: {tmp_path / 'tritonserver.log'}"
+
+
 def test_a_path_that_does_not_exist_is_called_that(tmp_path: Path) -> None:
     error, triton = _failed_triton(tmp_path)
     message = startup_failure(error, triton, [ModelSpec("image_diffusion", {"model_path": "/no/such/model"})])

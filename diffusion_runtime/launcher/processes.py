@@ -98,11 +98,17 @@ def stack_environment(extra: Mapping[str, str] | None = None, lib_dirs: Sequence
 
 
 class ExitedBeforeReady(RuntimeError):
-    """A server process ended while it was being waited on; the message carries the end of its log."""
+    """A server process ended while it was being waited on. The message leads with each model the log says
+    failed to load and why (what a caller of ``wait_ready`` needs; tritonserver's last lines are its option
+    table), then the end of the log and where the whole of it is."""
 
     def __init__(self, what: str, returncode: int, log_file: Path | None) -> None:
-        tail = read_log(log_file)[-4000:]
-        super().__init__(f"{what} exited with code {returncode} before it was ready\n{tail}")
+        text = read_log(log_file)
+        failed = [f"{failure.model} failed to load: {failure.reason[:2000]}" for failure in load_failures(text)]
+        where = f"\nits whole log: {log_file}" if log_file is not None else ""
+        super().__init__(
+            "\n".join([f"{what} exited with code {returncode} before it was ready", *failed, text[-2000:]]) + where
+        )
         self.what = what
         self.returncode = returncode
         self.log_file = log_file
