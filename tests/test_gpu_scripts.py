@@ -159,6 +159,33 @@ def test_report_pools_pairs_after_the_fix_and_judges_goals():
     assert goals == {("b", "served_over_bare_latency"): False, ("c", "served_over_bare_latency"): True}
 
 
+def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
+    settings = {"image_size": [1024, 1024], "image_steps": 28}
+    measured = {"load_s": 20.0, "first_request_s": 4.0, "seconds": [4.0, 4.0], "latency": {"median": 4.0}}
+    entry = {
+        "_base_parameters": {"engine": "diffusers"},
+        "exact-default": {**measured, "warmup_s": None, "speedup_vs_reference": 1.0, "reference": True},
+        "compile-blocks": {
+            **measured,
+            "parameters": {"torch_compile": "blocks"},
+            "warmup_s": 16.0,
+            "speedup_vs_reference": 1.25,
+            "error_vs_reference": {"identical": False, "max_abs": 7, "mean_abs": 0.74, "psnr_db": 47.8},
+        },
+        "fa3": {"parameters": {"attention_backend": "_flash_3"}, "error": "Traceback ...\nImportError: no FA3\n"},
+    }
+    results = {"settings": settings, "device": {"gpus": ["H200"]}, "image_variants": {"diffusers": entry}}
+    runs = [{"label": "c", "device": "", "before_fix": False, "results": results}]
+    rows = report.variant_rows(runs)
+    assert [row["variant"] for row in rows] == ["exact-default", "compile-blocks", "fa3"]  # not _base_parameters
+    assert rows[1]["speedup_vs_reference"] == 1.25 and rows[2]["not_measured"] == "ImportError: no FA3"
+    text = report.markdown([], [], [], [], [], rows)
+    compiled = "| compile-blocks | 4.000 (2) | **1.250×** | 4.00 | 20.0 | 16.0 | max 7, mean 0.74, 47.8 dB |"
+    assert compiled in text
+    assert "| c | diffusers | exact-default | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | reference |" in text
+    assert "not measured: ImportError: no FA3" in text
+
+
 def test_system_library_dirs_stay_off_the_models_library_path(monkeypatch):
     """A system Python's LIBDIR on LD_LIBRARY_PATH made the model stubs load the system cuDNN (seen on the H100)."""
     import sysconfig

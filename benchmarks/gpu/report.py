@@ -112,6 +112,78 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image engine under each set of speed settings (the ``image-variants`` plan), one row per variant."""
+    out = []
+    for run in runs:
+        data = run["results"]
+        for engine, entry in data.get("image_variants", {}).items():
+            for name, variant in entry.items():
+                if name.startswith("_"):
+                    continue
+                row = {
+                    "run": run["label"],
+                    "device": run["device"] or _card(run),
+                    "engine": engine,
+                    "workload": image_workload(data["settings"]),
+                    "variant": name,
+                    "parameters": variant.get("parameters", {}),
+                }
+                if "latency" in variant:
+                    row |= {
+                        key: variant.get(key)
+                        for key in ("load_s", "warmup_s", "first_request_s", "seconds", "speedup_vs_reference")
+                    }
+                    row["median_s"] = variant["latency"]["median"]
+                    row["error_vs_reference"] = variant.get("error_vs_reference")
+                else:
+                    row["not_measured"] = variant.get("skipped") or variant.get("error", "").strip().splitlines()[-1]
+                out.append(row)
+    return out
+
+
+def _variants_table(variants: list[dict[str, Any]]) -> str:
+    rows = []
+    for row in variants:
+        if "not_measured" in row:
+            why = "not measured: " + row["not_measured"][:120]
+            rows.append([row["run"], row["engine"], row["variant"], why, *[""] * 5])
+            continue
+        error = row.get("error_vs_reference")
+        if error is None:
+            exactness = "reference"
+        elif error["identical"]:
+            exactness = "identical"
+        else:
+            exactness = f"max {error['max_abs']}, mean {error['mean_abs']:.2f}, {error['psnr_db']:.1f} dB"
+        warmup = row.get("warmup_s")
+        rows.append(
+            [
+                row["run"],
+                row["engine"],
+                row["variant"],
+                f"{row['median_s']:.3f} ({len(row['seconds'])})",
+                f"**{row['speedup_vs_reference']:.3f}×**" if row.get("speedup_vs_reference") else "–",
+                f"{row['first_request_s']:.2f}",
+                f"{row['load_s']:.1f}",
+                f"{warmup:.1f}" if warmup is not None else "–",
+                exactness,
+            ]
+        )
+    header = [
+        "run",
+        "engine",
+        "settings",
+        "s/image (n)",
+        "speedup",
+        "first request s",
+        "load s",
+        "warm-up s",
+        "pixels vs reference (8-bit levels)",
+    ]
+    return markdown_table(rows, header)
+
+
 def pooled(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every interleaved pair of the runs after the fix, per engine and workload."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -311,10 +383,16 @@ def markdown(
     speed: list[dict[str, Any]],
     goals: list[dict[str, Any]],
     notes: list[str],
+    variants: list[dict[str, Any]] = (),
 ) -> str:
     after = [row for row in table if "latency_s" in row and not row["before_fix"]]
     before = [row for row in table if "latency_s" in row and row["before_fix"]]
-    lines = [_latency_table(after)]
+    lines = [_latency_table(after)] if after or not variants else []
+    if variants:
+        workloads = ", ".join(sorted({row["workload"] for row in variants}))
+        lines += [""] if lines else []
+        lines += [f"Image engine speed settings ({workloads}), the engine alone, one setting after another:", ""]
+        lines += [_variants_table(variants)]
     if pool:
         lines += ["", "Pooled over the runs above (every interleaved pair):", "", _pooled_table(pool)]
     if speed:
@@ -350,15 +428,16 @@ def main(argv: list[str] | None = None) -> int:
             results["command"] = "python -m scripts.gpu.bench_gpu " + " ".join(results.pop("argv")[1:])
         runs.append({"label": label, "device": device, "before_fix": label in args.before_fix, "results": results})
     table = rows(runs)
+    variants = variant_rows(runs)
     pool = pooled(table)
     speed = speedups(table)
     goals = verdicts(table)
     document: dict[str, Any] = {
         "date": args.date,
         **({"issue": args.issue} if args.issue else {}),
-        "device": sorted({row["device"] for row in table}),
-        "engine": sorted({row["engine"] for row in table}),
-        "workload": sorted({row["workload"] for row in table}),
+        "device": sorted({row["device"] for row in [*table, *variants]}),
+        "engine": sorted({row["engine"] for row in [*table, *variants]}),
+        "workload": sorted({row["workload"] for row in [*table, *variants]}),
         "served_over_bare_latency": {},
         "served_over_bare_throughput": {},
         "sglang_over_diffusers_speedup": next(
@@ -369,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "pooled": pool,
         "sglang_vs_diffusers": speed,
         "results": table,
+        "image_variants": variants,
         "notes": args.note,
         "raw": {run["label"]: {"device": run["device"], "results": run["results"]} for run in runs},
     }
@@ -380,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             if row.get(field) is not None:
                 document[field][key] = row[field]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(table, pool, speed, goals, args.note)
+    text = markdown(table, pool, speed, goals, args.note, variants)
     write_json(document, args.out_dir / f"gpu-{args.date}.json")
     (args.out_dir / f"gpu-{args.date}.md").write_text(text)
     print(text)
