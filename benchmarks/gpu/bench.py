@@ -246,6 +246,21 @@ def latency_record(
     }
 
 
+def log_latency(label: str, pairs: int, latency: dict[str, Any], same: Any) -> None:
+    """One line per measured latency phase: the medians served and bare (engine, encode) and their ratio."""
+    log.info(
+        "[%s] latency over %d pairs: served %.3f s, bare %.3f s (engine %.3f, encode %.3f), ratio %.4f, identical %s",
+        label,
+        pairs,
+        latency["served"]["median"],
+        latency["bare"]["median"],
+        latency["bare_engine"]["median"],
+        latency["bare_encode"]["median"],
+        latency["served_over_bare"],
+        same,
+    )
+
+
 def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
     from diffusion_runtime.launcher.repository import ModelSpec
 
@@ -320,18 +335,7 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
             "served_model_metrics_delta": counter_increase(metrics_before, metrics_after),
         }
         results.put([*key, "latency"], latency)
-        log.info(
-            "[%s] latency over %d pairs: served %.3f s, bare %.3f s (engine %.3f, encode %.3f), ratio %.4f, "
-            "identical %s",
-            engine,
-            pairs,
-            latency["served"]["median"],
-            latency["bare"]["median"],
-            latency["bare_engine"]["median"],
-            latency["bare_encode"]["median"],
-            latency["served_over_bare"],
-            same,
-        )
+        log_latency(engine, pairs, latency, same)
 
         # Throughput with one instance: the served stack at concurrency C against the bare loop.
         each = median(bare_s)
@@ -490,17 +494,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
             "served_model_metrics_delta": counter_increase(metrics_before, served.metrics()),
         }
         results.put([*key, "latency"], latency)
-        log.info(
-            "[video %s] %d pairs: served %.2f s, bare %.2f s (engine %.2f, encode %.2f), ratio %.4f, identical %s",
-            engine,
-            pairs,
-            latency["served"]["median"],
-            latency["bare"]["median"],
-            latency["bare_engine"]["median"],
-            latency["bare_encode"]["median"],
-            latency["served_over_bare"],
-            same,
-        )
+        log_latency(f"video {engine}", pairs, latency, same)
         results.put([*key, "gpu_memory_mib"], gpu_memory())
     finally:
         tear_down(triton, served, bare)
