@@ -39,6 +39,32 @@ def _noop(_done: int, _total: int) -> None:
     return None
 
 
+class _StepClock:
+    """Times step boundaries as a ``StepHook``: host time on a CPU, CUDA events on a GPU (the host queues work
+    ahead of the device, so its own clock would time the queueing)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.marks: list[Any] = []
+
+    def mark(self, _done: int, _total: int) -> None:
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Each mark's seconds after the first."""
+        if not self.cuda:
+            return [mark - self.marks[0] for mark in self.marks]
+        self.marks[-1].synchronize()
+        return [self.marks[0].elapsed_time(mark) / 1000.0 for mark in self.marks]
+
+
 # --- bare ----------------------------------------------------------------------------------------------------
 
 
@@ -54,14 +80,24 @@ class BareImage:
         self.limits = ImageLimits.from_parameters(parameters)
         self.png_level = int(parameters.get("png_compress_level") or 1)
         config = EngineConfig.from_parameters(parameters, device)
+        self.device = device
+        self.step_marks: list[float] = []
         self.engine = create_image_engine(config)
         self.warmup_s = warm_up_image(self.engine, config, self.limits)  # as the served model loads
 
     def generate(self, job: ImageJob) -> tuple[list[np.ndarray], float]:
+        """The images and the seconds they took. ``step_marks`` then holds the seconds from the request's start to
+        the end of each denoising step, and to its end, so the steps can be told apart from what comes before (text
+        encoding) and after (VAE decoding, pixels to the host). On a GPU the marks are CUDA events: they time the
+        device's work without making the host wait for it."""
         params = job.params(self.limits)
+        clock = _StepClock(self.device)
         start = time.perf_counter()
-        images = self.engine.generate(params, _noop)
-        return images, time.perf_counter() - start
+        images = self.engine.generate(params, clock.mark)
+        clock.mark(-1, 0)
+        elapsed = time.perf_counter() - start
+        self.step_marks = clock.seconds()
+        return images, elapsed
 
     def __call__(self, job: ImageJob) -> Call:
         from diffusion_runtime.media import encode_image

@@ -159,6 +159,16 @@ def test_report_pools_pairs_after_the_fix_and_judges_goals():
     assert goals == {("b", "served_over_bare_latency"): False, ("c", "served_over_bare_latency"): True}
 
 
+def test_an_images_time_splits_into_steps_and_what_comes_before_and_after():
+    from benchmarks.gpu.variants import step_phases
+
+    # start; steps end at 1.0 (text encoding + step 1), 1.5, 2.0, 2.5; the request ends at 3.2 (decoding)
+    assert step_phases([0.0, 1.0, 1.5, 2.0, 2.5, 3.2]) == pytest.approx(
+        {"step_s": 0.5, "steps_s": 2.0, "before_steps_s": 0.5, "after_steps_s": 0.7, "steps": 4}
+    )
+    assert step_phases([0.0, 4.0, 4.1]) is None  # an engine that reports no steps (SGLang's)
+
+
 def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
     settings = {"image_size": [1024, 1024], "image_steps": 28}
     measured = {"load_s": 20.0, "first_request_s": 4.0, "seconds": [4.0, 4.0], "latency": {"median": 4.0}}
@@ -180,9 +190,9 @@ def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
     assert [row["variant"] for row in rows] == ["exact-default", "compile-blocks", "fa3"]  # not _base_parameters
     assert rows[1]["speedup_vs_reference"] == 1.25 and rows[2]["not_measured"] == "ImportError: no FA3"
     text = report.markdown([], [], [], [], [], rows)
-    compiled = "| compile-blocks | 4.000 (2) | **1.250×** | 4.00 | 20.0 | 16.0 | max 7, mean 0.74, 47.8 dB |"
+    compiled = "| compile-blocks | 4.000 (2) | **1.250×** | 4.00 | 20.0 | 16.0 | – | max 7, mean 0.74, 47.8 dB |"
     assert compiled in text
-    assert "| c | diffusers | exact-default | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | reference |" in text
+    assert "| c | diffusers | exact-default | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | – | reference |" in text
     assert "not measured: ImportError: no FA3" in text
 
 
@@ -303,7 +313,7 @@ def test_the_variants_plan_dry_runs_on_the_cpu(tmp_path):
     command = [sys.executable, "-m", "benchmarks.gpu.bench", "--tiny", "--plan", "image-variants"]
     command += ["--engines", "diffusers", "--image-variants", "exact-default,pixels+fuse,first-block"]
     command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--model-root", str(tmp_path)]
-    command += ["--deadline", "300", "--pairs", "2"]
+    command += ["--deadline", "300", "--pairs", "2", "--image-steps", "4"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -311,6 +321,9 @@ def test_the_variants_plan_dry_runs_on_the_cpu(tmp_path):
     assert measured["_base_parameters"]["default_width"] == "64"
     assert measured["pixels+fuse"]["error_vs_reference"]["max_abs"] <= 1
     assert "first-block" in measured and "finished" in results
+    phases = measured["exact-default"]["phases"]  # where each image's time went, step by step
+    assert phases["steps"] == results["settings"]["image_steps"]
+    assert phases["step_s"] > 0 and phases["steps_s"] <= measured["exact-default"]["latency"]["max"]
     assert "variant diffusers pixels+fuse: median" in completed.stdout
     bad = subprocess.run([*command[:6], "--image-variants", "exact-default,bogus"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown image variant 'bogus'" in bad.stderr

@@ -136,6 +136,7 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                     row["median_s"] = variant["latency"]["median"]
                     row["error_vs_reference"] = variant.get("error_vs_reference")
+                    row["phases"] = variant.get("phases")
                 else:
                     row["not_measured"] = variant.get("skipped") or variant.get("error", "").strip().splitlines()[-1]
                 out.append(row)
@@ -147,7 +148,7 @@ def _variants_table(variants: list[dict[str, Any]]) -> str:
     for row in variants:
         if "not_measured" in row:
             why = "not measured: " + row["not_measured"][:120]
-            rows.append([row["run"], row["engine"], row["variant"], why, *[""] * 5])
+            rows.append([row["run"], row["engine"], row["variant"], why, *[""] * 6])
             continue
         error = row.get("error_vs_reference")
         if error is None:
@@ -156,7 +157,13 @@ def _variants_table(variants: list[dict[str, Any]]) -> str:
             exactness = "identical"
         else:
             exactness = f"max {error['max_abs']}, mean {error['mean_abs']:.2f}, {error['psnr_db']:.1f} dB"
-        warmup = row.get("warmup_s")
+        warmup, phases = row.get("warmup_s"), row.get("phases")
+        split = "–"
+        if phases:
+            split = (
+                f"{phases['step_s']:.3f} × {phases['steps']:.0f} + {phases['before_steps_s']:.3f} before"
+                f" + {phases['after_steps_s']:.3f} after"
+            )
         rows.append(
             [
                 row["run"],
@@ -167,6 +174,7 @@ def _variants_table(variants: list[dict[str, Any]]) -> str:
                 f"{row['first_request_s']:.2f}",
                 f"{row['load_s']:.1f}",
                 f"{warmup:.1f}" if warmup is not None else "–",
+                split,
                 exactness,
             ]
         )
@@ -179,6 +187,7 @@ def _variants_table(variants: list[dict[str, Any]]) -> str:
         "first request s",
         "load s",
         "warm-up s",
+        "step s × steps + before + after",
         "pixels vs reference (8-bit levels)",
     ]
     return markdown_table(rows, header)

@@ -119,10 +119,12 @@ def measure_variant(
         _, first_s = bare.generate(job(1))
         seconds: list[float] = []
         images: dict[int, np.ndarray] = {}
+        phases: list[dict[str, float]] = []
         for index in range(runs(first_s)):
             generated, elapsed = bare.generate(job(100 + index))
             seconds.append(elapsed)
             images[100 + index] = generated[0]
+            phases += [split] if (split := step_phases(bare.step_marks)) else []
     finally:
         bare.close()
     record = {
@@ -132,7 +134,28 @@ def measure_variant(
         "seconds": seconds,
         "latency": summarize(seconds),
     }
+    if phases:
+        record["phases"] = {key: median([p[key] for p in phases]) for key in phases[0]}
     return record, images
+
+
+def step_phases(marks: list[float]) -> dict[str, float] | None:
+    """Where one image's time went, from the request's start, the end of each denoising step and the request's
+    end: the median step, all the steps, what came before the first step's work (text encoding: the first
+    interval less one step) and what came after the last (VAE decoding, pixels to the host). None when the engine
+    reports no steps (SGLang's: one mark at the start, one at the end)."""
+    intervals = np.diff(marks)
+    if len(intervals) < 4:
+        return None
+    steps = len(intervals) - 1
+    step = float(np.median(intervals[1:-1]))
+    return {
+        "step_s": step,
+        "steps_s": float(np.sum(intervals[1:-1])) + step,
+        "before_steps_s": float(intervals[0]) - step,
+        "after_steps_s": float(intervals[-1]),
+        "steps": steps,
+    }
 
 
 def measure_variants(
@@ -196,6 +219,12 @@ def variant_line(entry: dict[str, Any]) -> str:
     line += ")"
     if "speedup_vs_reference" in entry:
         line += f", {entry['speedup_vs_reference']:.3f}x"
+    phases = entry.get("phases")
+    if phases:
+        line += (
+            f", {phases['steps']:.0f} steps of {phases['step_s']:.3f} s + {phases['before_steps_s']:.3f} s before"
+            f" + {phases['after_steps_s']:.3f} s after"
+        )
     error = entry.get("error_vs_reference")
     if error:
         psnr = "identical" if error["identical"] else f"PSNR {error['psnr_db']:.1f} dB"
