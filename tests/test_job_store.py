@@ -96,7 +96,11 @@ def test_a_released_job_is_claimed_at_once_without_counting_an_attempt(store: Vi
     assert claim.attempt == 1, "a graceful stop hands the job over without spending an attempt"
 
 
-def test_concurrent_claimers_never_share_a_job(store: VideoJobStore) -> None:
+def test_concurrent_claimers_never_share_a_job(store_url: str) -> None:
+    """Four frontends claim a dead one's jobs at once: each job goes to exactly one. The claimed leases last a
+    minute, so none runs out during the test (with the fixture's half-second lease, a loaded machine let claimed
+    jobs expire and be claimed again, which is the lease doing its job, not a shared claim)."""
+    store = VideoJobStore(store_url, lease_s=60.0)
     jobs = [new_job() for _ in range(24)]
     for job in jobs:
         asyncio.run(store.insert(job, REQUEST, None, "dead-frontend"))
@@ -115,6 +119,7 @@ def test_concurrent_claimers_never_share_a_job(store: VideoJobStore) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    store.close()
     every = [job_id for ids in taken.values() for job_id in ids]
     assert sorted(every) == sorted(j.id for j in jobs), "each job claimed exactly once"
 
