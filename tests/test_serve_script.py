@@ -70,7 +70,9 @@ def test_serve_script_serves_tiny_models_and_ctrl_c_stops_everything(tmp_path: P
         assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (64, 64)
         page = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True, timeout=30)  # what a browser opens
         assert page.url.path == "/playground/" and "<title>Triton diffusion playground</title>" in page.text
-        assert "playground: open" in log.read_text()
+        # serve.sh prints it once its own readiness poll (backing off to 1 s) sees the frontend ready, which can be
+        # after this test's poll did.
+        wait_for(lambda: "playground: open" in log.read_text(), timeout=30, message="serve.sh naming the playground")
 
         triton_http = int(re.search(r"tritonserver: HTTP http://127.0.0.1:(\d+)", log.read_text()).group(1))
         children = psutil.Process(serve.pid).children(recursive=True)
