@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu import variants
 from benchmarks.report import VERDICT_RULE, judge, markdown_table, targets_table, write_json
 from benchmarks.stats import median, paired_ratios
 
@@ -129,7 +131,8 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "variant": name,
                     "parameters": variant.get("parameters", {}),
                 }
-                if "latency" in variant:
+                why = variants.not_measured(variant)
+                if why is None:
                     row |= {
                         key: variant.get(key)
                         for key in ("load_s", "warmup_s", "first_request_s", "seconds", "speedup_vs_reference")
@@ -138,32 +141,21 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row["error_vs_reference"] = variant.get("error_vs_reference")
                     row["phases"] = variant.get("phases")
                 else:
-                    row["not_measured"] = variant.get("skipped") or variant.get("error", "").strip().splitlines()[-1]
+                    row["not_measured"] = why
                 out.append(row)
     return out
 
 
-def _variants_table(variants: list[dict[str, Any]]) -> str:
+def _variants_table(measured: Sequence[dict[str, Any]]) -> str:
     rows = []
-    for row in variants:
+    for row in measured:
         if "not_measured" in row:
             why = "not measured: " + row["not_measured"][:120]
             rows.append([row["run"], row["engine"], row["variant"], why, *[""] * 6])
             continue
-        error = row.get("error_vs_reference")
-        if error is None:
-            exactness = "reference"
-        elif error["identical"]:
-            exactness = "identical"
-        else:
-            exactness = f"max {error['max_abs']}, mean {error['mean_abs']:.2f}, {error['psnr_db']:.1f} dB"
-        warmup, phases = row.get("warmup_s"), row.get("phases")
-        split = "–"
-        if phases:
-            split = (
-                f"{phases['step_s']:.3f} × {phases['steps']:.0f} + {phases['before_steps_s']:.3f} before"
-                f" + {phases['after_steps_s']:.3f} after"
-            )
+        error, warmup, phases = row.get("error_vs_reference"), row.get("warmup_s"), row.get("phases")
+        exactness = variants.error_text(error) if error else "reference"
+        split = variants.phase_text(phases) if phases else "–"
         rows.append(
             [
                 row["run"],
@@ -187,7 +179,7 @@ def _variants_table(variants: list[dict[str, Any]]) -> str:
         "first request s",
         "load s",
         "warm-up s",
-        "step s × steps + before + after",
+        "steps + before + after",
         "pixels vs reference (8-bit levels)",
     ]
     return markdown_table(rows, header)
@@ -392,16 +384,16 @@ def markdown(
     speed: list[dict[str, Any]],
     goals: list[dict[str, Any]],
     notes: list[str],
-    variants: list[dict[str, Any]] = (),
+    variant_table: Sequence[dict[str, Any]] = (),
 ) -> str:
     after = [row for row in table if "latency_s" in row and not row["before_fix"]]
     before = [row for row in table if "latency_s" in row and row["before_fix"]]
-    lines = [_latency_table(after)] if after or not variants else []
-    if variants:
-        workloads = ", ".join(sorted({row["workload"] for row in variants}))
+    lines = [_latency_table(after)] if after or not variant_table else []
+    if variant_table:
+        workloads = ", ".join(sorted({row["workload"] for row in variant_table}))
         lines += [""] if lines else []
         lines += [f"Image engine speed settings ({workloads}), the engine alone, one setting after another:", ""]
-        lines += [_variants_table(variants)]
+        lines += [_variants_table(variant_table)]
     if pool:
         lines += ["", "Pooled over the runs above (every interleaved pair):", "", _pooled_table(pool)]
     if speed:
@@ -437,16 +429,16 @@ def main(argv: list[str] | None = None) -> int:
             results["command"] = "python -m scripts.gpu.bench_gpu " + " ".join(results.pop("argv")[1:])
         runs.append({"label": label, "device": device, "before_fix": label in args.before_fix, "results": results})
     table = rows(runs)
-    variants = variant_rows(runs)
+    variant_table = variant_rows(runs)
     pool = pooled(table)
     speed = speedups(table)
     goals = verdicts(table)
     document: dict[str, Any] = {
         "date": args.date,
         **({"issue": args.issue} if args.issue else {}),
-        "device": sorted({row["device"] for row in [*table, *variants]}),
-        "engine": sorted({row["engine"] for row in [*table, *variants]}),
-        "workload": sorted({row["workload"] for row in [*table, *variants]}),
+        "device": sorted({row["device"] for row in [*table, *variant_table]}),
+        "engine": sorted({row["engine"] for row in [*table, *variant_table]}),
+        "workload": sorted({row["workload"] for row in [*table, *variant_table]}),
         "served_over_bare_latency": {},
         "served_over_bare_throughput": {},
         "sglang_over_diffusers_speedup": next(
@@ -457,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "pooled": pool,
         "sglang_vs_diffusers": speed,
         "results": table,
-        "image_variants": variants,
+        "image_variants": variant_table,
         "notes": args.note,
         "raw": {run["label"]: {"device": run["device"], "results": run["results"]} for run in runs},
     }
@@ -469,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             if row.get(field) is not None:
                 document[field][key] = row[field]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(table, pool, speed, goals, args.note, variants)
+    text = markdown(table, pool, speed, goals, args.note, variant_table)
     write_json(document, args.out_dir / f"gpu-{args.date}.json")
     (args.out_dir / f"gpu-{args.date}.md").write_text(text)
     print(text)

@@ -124,7 +124,9 @@ def measure_variant(
             generated, elapsed = bare.generate(job(100 + index))
             seconds.append(elapsed)
             images[100 + index] = generated[0]
-            phases += [split] if (split := step_phases(bare.step_marks)) else []
+            split = step_phases(bare.step_marks)
+            if split is not None:
+                phases.append(split)
     finally:
         bare.close()
     record = {
@@ -205,10 +207,32 @@ def measure_variants(
         log.info("[variant %s] %s", name, variant_line(entry))
 
 
+def not_measured(entry: dict[str, Any]) -> str | None:
+    """Why a variant has no timings (out of time, or its error's last line); None when it was measured."""
+    if "skipped" in entry:
+        return entry["skipped"]
+    return entry["error"].strip().splitlines()[-1][:200] if "error" in entry else None
+
+
+def phase_text(phases: dict[str, float]) -> str:
+    """``step_phases``' split of an image's time, in words."""
+    return (
+        f"{phases['steps']:.0f} steps of {phases['step_s']:.3f} s + {phases['before_steps_s']:.3f} s before"
+        f" + {phases['after_steps_s']:.3f} s after"
+    )
+
+
+def error_text(error: dict[str, Any]) -> str:
+    """``pixel_error``'s result, in 8-bit levels."""
+    if error["identical"]:
+        return "identical"
+    return f"max {error['max_abs']}, mean {error['mean_abs']:.2f}, {error['psnr_db']:.1f} dB"
+
+
 def variant_line(entry: dict[str, Any]) -> str:
     """One line per variant for the log and the summary."""
-    if "error" in entry or "skipped" in entry:
-        why = entry.get("skipped") or entry["error"].strip().splitlines()[-1][:200]
+    why = not_measured(entry)
+    if why is not None:
         return f"not measured: {why}"
     line = (
         f"median {entry['latency']['median']:.3f} s over {entry['latency']['n']} (first request "
@@ -219,14 +243,8 @@ def variant_line(entry: dict[str, Any]) -> str:
     line += ")"
     if "speedup_vs_reference" in entry:
         line += f", {entry['speedup_vs_reference']:.3f}x"
-    phases = entry.get("phases")
-    if phases:
-        line += (
-            f", {phases['steps']:.0f} steps of {phases['step_s']:.3f} s + {phases['before_steps_s']:.3f} s before"
-            f" + {phases['after_steps_s']:.3f} s after"
-        )
-    error = entry.get("error_vs_reference")
-    if error:
-        psnr = "identical" if error["identical"] else f"PSNR {error['psnr_db']:.1f} dB"
-        line += f", max |diff| {error['max_abs']}, mean {error['mean_abs']:.3f}, {psnr}"
+    if entry.get("phases"):
+        line += ", " + phase_text(entry["phases"])
+    if entry.get("error_vs_reference"):
+        line += ", pixels " + error_text(entry["error_vs_reference"])
     return line
