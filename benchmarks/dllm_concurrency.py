@@ -41,7 +41,7 @@ import httpx
 from benchmarks.report import markdown_table, write_json
 from benchmarks.stats import paired_ratios, summarize
 from diffusion_runtime.launcher.processes import Frontend
-from diffusion_runtime.launcher.repository import ModelSpec
+from diffusion_runtime.launcher.repository import ModelSpec, served_parameters
 from scripts.gpu.host import describe_device, library_versions
 from scripts.gpu.served_stack import start_frontend, start_triton
 
@@ -177,7 +177,7 @@ def bare_dllm(args: argparse.Namespace) -> Iterator[Connect | None]:
     from diffusion_runtime.dllm import TextEngineConfig, create_text_engine
     from diffusion_runtime.params.text import TextLimits
 
-    parameters = model_parameters(args)
+    parameters = served_parameters("dllm", model_parameters(args))
     device = f"cuda:{args.gpu_list[0]}" if args.gpu_list else "cpu"
     engine = create_text_engine(TextEngineConfig.from_parameters(parameters, device))
     try:

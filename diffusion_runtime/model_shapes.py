@@ -189,6 +189,33 @@ TINY_LLADA2 = {
 TINY_SDAR = {**SDAR_1_7B, **TINY_LM, "num_key_value_heads": 2}
 
 
+# The transformers text engine's masked LM (ModernBERT: bidirectional, rotary, gated MLP; see tiny_models) at
+# LLaDA-8B's widths (GSAI-ML/LLaDA-8B-Instruct: 32 layers of 4096, 32 heads, MLP 12288, vocabulary 126,464):
+# about 7.5 B parameters, to measure the project's own decoder at a real model's cost per forward.
+LLADA_8B_VOCAB = 126464
+LLADA_8B_MLM = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=32, num_attention_heads=32)
+TINY_MLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+def masked_lm_config(tokenizer: Any, shape: dict[str, Any], vocab_size: int | None = None) -> Any:
+    """A ModernBERT masked-LM config for ``tokenizer`` (its special tokens; ``vocab_size``: the tokenizer's unless
+    given), every layer global attention (ModernBERT's sliding-window layers have no LLaDA counterpart)."""
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        max_position_embeddings=4096,
+        layer_types=["full_attention"] * shape["num_hidden_layers"],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        cls_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        **shape,
+    )
+
+
 def clip_text_config(tokenizer: Any, shape: dict[str, Any]) -> Any:
     """FLUX's CLIP text encoder config for ``tokenizer``'s vocabulary."""
     from transformers import CLIPTextConfig

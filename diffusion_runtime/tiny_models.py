@@ -307,25 +307,10 @@ def build_tiny_wan_i2v(out: Path) -> None:
 
 def build_tiny_llada(out: Path) -> None:
     """A masked diffusion LM stand-in: ModernBertForMaskedLM (see module docstring for why)."""
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+    from transformers import ModernBertForMaskedLM
 
     tokenizer = tokenizers.train_llada_tokenizer()
-    layers = 2
-    config = ModernBertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=4096,
-        layer_types=["full_attention"] * layers,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        cls_token_id=tokenizer.bos_token_id,
-        sep_token_id=tokenizer.eos_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-    )
+    config = shapes.masked_lm_config(tokenizer, shapes.TINY_MLM)
     _seeded(30)
     model = ModernBertForMaskedLM(config)
     model.save_pretrained(out)

@@ -173,12 +173,14 @@ class DiffusionModel:
         denoised: Denoised,
         wanted: frozenset[str],
     ) -> None:
-        """On the encoder thread: encode, send the request's one (final) response, then count it."""
+        """On the encoder thread: encode, send the request's one (final) response, then count it: a success only
+        once the response is sent (a send that fails, e.g. for a client that left, counts under its exception, as
+        ``answer`` counts the video and text models' final sends)."""
         try:
             start = time.perf_counter()
             outputs = encode(denoised)
             encode_s = time.perf_counter() - start
-            self.send_final(sender, inference_response(self.pb_utils, outputs, wanted))
+            sender.send(inference_response(self.pb_utils, outputs, wanted), flags=self.final)
         except Exception as exc:
             self.fail(sender, exc)
             return

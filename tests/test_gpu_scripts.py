@@ -169,12 +169,31 @@ def test_an_images_time_splits_into_steps_and_what_comes_before_and_after():
     assert step_phases([0.0, 4.0, 4.1]) is None  # an engine that reports no steps (SGLang's)
 
 
+def test_a_flux_step_is_the_published_flops_and_its_floor_adds_up_its_kernels():
+    """FLUX.1-dev at 1024²: 59.5 TFLOP of matrix products and 14.9 of attention per step (4096 image and 512 text
+    tokens through 19 double and 38 single blocks). The floor sums each kernel's time as often as a step runs it."""
+    from benchmarks.gpu import step_floor
+    from diffusion_runtime import model_shapes
+
+    ops = step_floor.flux_step_ops(model_shapes.FLUX_TRANSFORMER, 1024, 1024)
+    flops = {kind: sum(op.flops * n for op, n in ops.items() if op.kind == kind) for kind in ("linear", "attention")}
+    assert flops["linear"] == pytest.approx(59.5e12, rel=0.01)
+    assert flops["attention"] == pytest.approx(14.9e12, rel=0.01)
+    assert ops[step_floor.StepOp("attention", 24, 4608, 128)] == 57
+
+    floor = step_floor.measure_step_floor(model_shapes.TINY_FLUX_TRANSFORMER, 64, 64, "cpu", repeats=3)
+    calls = sum(call["count"] * call["call_s"] for call in floor["calls"])
+    assert floor["step_s"] == pytest.approx(calls) and floor["step_s"] > 0
+    text = step_floor.floor_text(floor, step_s=2 * floor["step_s"], steps=28)
+    assert "= 2.00x the floor" in text and "28 steps at the floor" in text
+
+
 def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
     settings = {"image_size": [1024, 1024], "image_steps": 28}
     measured = {"load_s": 20.0, "first_request_s": 4.0, "seconds": [4.0, 4.0], "latency": {"median": 4.0}}
     entry = {
         "_base_parameters": {"engine": "diffusers"},
-        "exact-default": {**measured, "warmup_s": None, "speedup_vs_reference": 1.0, "reference": True},
+        "eager": {**measured, "warmup_s": None, "speedup_vs_reference": 1.0, "reference": True},
         "compile-blocks": {
             **measured,
             "parameters": {"torch_compile": "blocks"},
@@ -187,12 +206,13 @@ def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
     results = {"settings": settings, "device": {"gpus": ["H200"]}, "image_variants": {"diffusers": entry}}
     runs = [{"label": "c", "device": "", "before_fix": False, "results": results}]
     rows = report.variant_rows(runs)
-    assert [row["variant"] for row in rows] == ["exact-default", "compile-blocks", "fa3"]  # not _base_parameters
+    assert [row["variant"] for row in rows] == ["eager", "compile-blocks", "fa3"]  # not _base_parameters
     assert rows[1]["speedup_vs_reference"] == 1.25 and rows[2]["not_measured"] == "ImportError: no FA3"
     text = report.markdown([], [], [], [], [], rows)
+    assert "one transformer step" not in text, "no floor measured, none reported"
     compiled = "| compile-blocks | 4.000 (2) | **1.250×** | 4.00 | 20.0 | 16.0 | – | max 7, mean 0.74, 47.8 dB |"
     assert compiled in text
-    assert "| c | diffusers | exact-default | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | – | reference |" in text
+    assert "| c | diffusers | eager | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | – | reference |" in text
     assert "not measured: ImportError: no FA3" in text
 
 
@@ -233,9 +253,9 @@ def test_the_source_digest_follows_the_products_code_and_nothing_else(tmp_path):
 def test_variants_are_presets_joined_or_a_json_object(tmp_path):
     from benchmarks.gpu import variants
 
-    parsed = variants.parse_variants("exact-default, compile+fuse+cudnn ,first-block")
-    assert list(parsed) == ["exact-default", "compile+fuse+cudnn", "first-block"]  # the first is the reference
-    assert parsed["exact-default"] == {}
+    parsed = variants.parse_variants("eager, compile+fuse+cudnn ,first-block")
+    assert list(parsed) == ["eager", "compile+fuse+cudnn", "first-block"]  # the first is the reference
+    assert parsed["eager"] == {"torch_compile": "off"} and variants.combine("default") == {}
     assert parsed["compile+fuse+cudnn"] == {
         "torch_compile": "transformer",
         "fuse_qkv_projections": "true",
@@ -247,7 +267,7 @@ def test_variants_are_presets_joined_or_a_json_object(tmp_path):
         "warmup_steps": "3",
     }
     with pytest.raises(ValueError, match="unknown image variant 'compiled'"):
-        variants.parse_variants("exact-default,compiled")
+        variants.parse_variants("eager,compiled")
     assert variants.parse_settings(["sglang=compile", "pixels", "diffusers=compile-blocks+autotune"]) == {
         "sglang": {"torch_compile": "transformer"},
         "*": {"pixels_on_device": "true"},
@@ -285,7 +305,7 @@ def test_variants_run_side_by_side_on_the_tiny_flux(tiny_models):
     base = {"model_path": str(tiny_models["tiny-flux"]), "engine": "diffusers", "cpu_threads": "1"}
     base |= {"default_width": "64", "default_height": "64"}
     variants.measure_variants(
-        variants.parse_variants("exact-default,pixels,fuse,first-block,cudnn"),
+        variants.parse_variants("eager,pixels,fuse,first-block,cudnn"),
         base,
         "cpu",
         job=lambda seed: ImageJob("a fox", width=64, height=64, n=1, steps=3, seed=seed, output_format="png"),
@@ -294,7 +314,7 @@ def test_variants_run_side_by_side_on_the_tiny_flux(tiny_models):
         put=lambda keys, value: recorded.__setitem__(keys[0], value),
         release=lambda: None,
     )
-    assert recorded["exact-default"]["reference"] and recorded["exact-default"]["latency"]["n"] == 2
+    assert recorded["eager"]["reference"] and recorded["eager"]["latency"]["n"] == 2
     assert recorded["pixels"]["error_vs_reference"]["identical"]
     assert recorded["fuse"]["error_vs_reference"]["max_abs"] <= 1
     assert recorded["first-block"]["warmup_s"] > 0  # a step cache is tried at load
@@ -311,7 +331,7 @@ def test_the_variants_plan_dry_runs_on_the_cpu(tmp_path):
     import sys
 
     command = [sys.executable, "-m", "benchmarks.gpu.bench", "--tiny", "--plan", "image-variants"]
-    command += ["--engines", "diffusers", "--image-variants", "exact-default,pixels+fuse,first-block"]
+    command += ["--engines", "diffusers", "--image-variants", "eager,pixels+fuse,first-block"]
     command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--model-root", str(tmp_path)]
     command += ["--deadline", "300", "--pairs", "2", "--image-steps", "4"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -321,9 +341,12 @@ def test_the_variants_plan_dry_runs_on_the_cpu(tmp_path):
     assert measured["_base_parameters"]["default_width"] == "64"
     assert measured["pixels+fuse"]["error_vs_reference"]["max_abs"] <= 1
     assert "first-block" in measured and "finished" in results
-    phases = measured["exact-default"]["phases"]  # where each image's time went, step by step
+    phases = measured["eager"]["phases"]  # where each image's time went, step by step
     assert phases["steps"] == results["settings"]["image_steps"]
-    assert phases["step_s"] > 0 and phases["steps_s"] <= measured["exact-default"]["latency"]["max"]
+    assert phases["step_s"] > 0 and phases["steps_s"] <= measured["eager"]["latency"]["max"]
     assert "variant diffusers pixels+fuse: median" in completed.stdout
-    bad = subprocess.run([*command[:6], "--image-variants", "exact-default,bogus"], capture_output=True, text=True)
+    floor = measured["_step_floor"]  # the tiny transformer's kernels alone, per step
+    assert floor["size"] == "64x64" and floor["step_s"] > 0 and set(floor["kinds"]) == {"linear", "attention"}
+    assert "kernel floor per step" in completed.stdout
+    bad = subprocess.run([*command[:6], "--image-variants", "eager,bogus"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown image variant 'bogus'" in bad.stderr

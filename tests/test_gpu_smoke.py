@@ -56,6 +56,21 @@ def test_engines_the_host_cannot_run_are_skipped_with_the_reason(monkeypatch: py
     assert smoke.engine_unavailable_reason("image", "sglang", with_model) == "the sglang package is not installed"
 
 
+def test_mini_folders_are_served_as_a_users_own_folder_without_sglang_model_id(monkeypatch) -> None:
+    """The mini FLUX and Wan folders (named ``flux-mini``, ``wan-mini``, as any user's folder may be) reach SGLang
+    without ``sglang_model_id``, so the smoke proves the engine derives SGLang's pipeline from the folder; the tiny
+    ones keep the id, so both ways are served."""
+    monkeypatch.setattr(smoke, "sglang_installed", lambda: True)
+    monkeypatch.setattr(smoke, "cuda_available", lambda: True)
+    options = smoke.Options(("sglang",), ("tiny", "mini"), True, "torch_sdpa", None)
+    mini = {kind: Path(f"/models/{kind}-mini") for kind in ("image", "t2v")}
+    served, _ = smoke.plan_stack(dict.fromkeys(smoke.KINDS, "sglang"), options, mini)
+    by_shape = {(m.kind, m.shape): m.spec.parameters for m in served}
+    for kind in ("image", "t2v"):
+        assert "sglang_model_id" not in by_shape[kind, "mini"] and by_shape[kind, "mini"]["engine"] == "sglang"
+        assert by_shape[kind, "tiny"]["sglang_model_id"]
+
+
 def test_a_missed_deadline_fails_loudly_and_spares_the_models_other_checks(tmp_path: Path) -> None:
     record = smoke.Smoke(ResultsFile(tmp_path / "smoke.json", {}), deadline=5)
     model = smoke.ServedModel("image", "tiny", "diffusers", ModelSpec("image_diffusion", {"served_model_name": "m"}))

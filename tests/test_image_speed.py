@@ -52,7 +52,9 @@ def exact(tiny_models: dict[str, Path]) -> list[np.ndarray]:
 # --- parsing -------------------------------------------------------------------------------------------------------
 
 
-def test_the_committed_config_is_the_plain_engine_until_measured() -> None:
+def test_the_committed_config_compiles_blocks_on_a_gpu_with_diffusers_and_nothing_elsewhere() -> None:
+    """The measured default: exact settings only, the transformer's blocks compiled where that pays (the diffusers
+    engine on a GPU), and the plain engine on a CPU and on SGLang's engine."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -60,8 +62,15 @@ def test_the_committed_config_is_the_plain_engine_until_measured() -> None:
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     for key in ("torch_compile", "fuse_qkv_projections", "attention_backend", "step_cache", "warmup"):
         assert key in parameters, f"{key} is documented in config.pbtxt"
-    engine_config = EngineConfig.from_parameters(parameters, "cuda:0")
-    assert engine_config.speed_settings() == [] and not engine_config.warms_up()
+
+    on_gpu = EngineConfig.from_parameters({**parameters, "engine": "diffusers"}, "cuda:0")
+    assert on_gpu.torch_compile == "blocks" and on_gpu.speed_settings() == ["torch_compile"] and on_gpu.warms_up()
+    for engine, device in (("diffusers", "cpu"), ("sglang", "cuda:0"), ("auto", "cpu")):
+        plain = EngineConfig.from_parameters({**parameters, "engine": engine}, device)
+        assert plain.torch_compile == "off" and plain.speed_settings() == [] and not plain.warms_up()
+    chosen = EngineConfig.from_parameters({**parameters, "engine": "diffusers", "torch_compile": "transformer"}, "cpu")
+    assert chosen.torch_compile == "transformer"
+    assert EngineConfig.from_parameters({}, "cuda:0").torch_compile == "off", "a model without the key is not compiled"
 
 
 def test_settings_parse_and_bad_values_fail() -> None:

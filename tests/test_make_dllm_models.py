@@ -56,3 +56,48 @@ def test_mini_folder_is_a_checkpoint_sglang_accepts(kind: str, tmp_path: Path, t
     assert info["parameters"]["model"] == sum(_numel(s) for s in expected.values())
     tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     assert tokenizer.chat_template and len(tokenizer) < config.vocab_size
+
+
+@pytest.mark.parametrize("kind", ["llada2", "sdar"])
+def test_ids_the_tokenizer_lacks_score_zero_so_random_answers_decode(kind: str, tmp_path: Path, tiny_models) -> None:
+    """The published vocabularies dwarf the tiny tokenizer: with every output row random, greedy answers would be
+    ids that decode to nothing. Rows past the tokenizer are zero; the tokenizer's own rows stay random."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    out = tmp_path / kind
+    make_models.build(kind, out, tiny_models["tiny-llada"], mini=True, device="cpu")
+    used = len(AutoTokenizer.from_pretrained(str(out), trust_remote_code=True))
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    name = "lm_head.weight" if "lm_head.weight" in index else "model.embed_tokens.weight"  # SDAR ties them
+    with safe_open(str(out / index[name]), framework="pt") as file:
+        rows = file.get_tensor(name)
+    assert not rows[used:].any() and rows[:used].abs().sum(dim=1).gt(0).all()
+
+
+def test_the_masked_lm_at_llada_8b_widths_has_its_size_and_the_mini_one_answers(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """``llada-mlm``: the transformers engine's model class at LLaDA-8B's widths (7.5 B parameters; counted on the
+    meta device); built at the tiny widths, the project's engine loads it and answers in text."""
+    import torch
+    from transformers import AutoTokenizer, ModernBertForMaskedLM
+
+    from diffusion_runtime.dllm import TextEngineConfig
+    from diffusion_runtime.dllm.transformers_engine import TransformersTextEngine
+    from diffusion_runtime.params.text import TextLimits, validate_text_params
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_models["tiny-llada"]))
+    with torch.device("meta"):
+        full = ModernBertForMaskedLM(
+            model_shapes.masked_lm_config(tokenizer, model_shapes.LLADA_8B_MLM, model_shapes.LLADA_8B_VOCAB)
+        )
+    assert 7.0e9 < sum(p.numel() for p in full.parameters()) < 8.0e9
+
+    out = tmp_path / "mlm"
+    info = make_models.build("llada-mlm", out, tiny_models["tiny-llada"], mini=True, device="cpu")
+    assert info["parameters"]["model"] > 0 and info["shape_digest"] == make_models.shape_digest("llada-mlm", True)
+    engine = TransformersTextEngine(TextEngineConfig(model_path=str(out), engine="transformers"))
+    params = validate_text_params(TextLimits(), prompt="Hello", max_tokens=8, block_length=8, steps=8)
+    deltas = list(engine.generate(params, lambda _done, _total: None))
+    assert deltas[-1].finish_reason in ("stop", "length") and deltas[-1].completion_tokens > 0

@@ -200,6 +200,22 @@ def test_denoised_requests_are_answered_from_the_encoder_thread_with_the_outputs
     ]
 
 
+class GoneSender(FakeSender):
+    """A request whose client left: Triton refuses its response."""
+
+    def send(self, response, flags: int = 0) -> None:
+        raise RuntimeError("the request was cancelled")
+
+
+def test_an_answer_that_cannot_be_sent_is_counted_as_a_failure_not_a_success() -> None:
+    model = EncodingModel()
+    request = FakeRequest(("IMAGES",), PROMPT=_strings(b"a fox"))
+    request.sender = GoneSender()
+    model.denoise_then_encode(request, model.denoise, model.encode)
+    model.encoder.shutdown(wait=True)
+    assert model.metrics.recorded == [("request", "RuntimeError")], "no success, no timings for an unsent answer"
+
+
 def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
     out = io.BytesIO()
     Image.new(mode, size).save(out, format="PNG")

@@ -223,18 +223,20 @@ class Bench:
         return 0
 
     def _bare_image(self, stack):
-        from benchmarks.cpu.stack import IMAGE, rendered_parameters
+        from benchmarks.cpu.stack import IMAGE
         from benchmarks.paths import BareImage
+        from diffusion_runtime.launcher.repository import config_parameters
 
         if not hasattr(self, "_image_engine"):
-            self._image_engine = BareImage(rendered_parameters(stack.repository, IMAGE))
+            self._image_engine = BareImage(config_parameters(stack.repository / IMAGE))
         return self._image_engine
 
     def overhead(self, stack, video: bool) -> None:
         from benchmarks.cpu.overhead import compare_paths
-        from benchmarks.cpu.stack import IMAGE, SERVED_NAMES, VIDEO, rendered_parameters
+        from benchmarks.cpu.stack import IMAGE, SERVED_NAMES, VIDEO
         from benchmarks.paths import BareVideo, Served, TritonImage, TritonVideo
         from benchmarks.workloads import ImageJob, video_job
+        from diffusion_runtime.launcher.repository import config_parameters
 
         plan = self.plan
         bare = self._bare_image(stack)
@@ -255,7 +257,7 @@ class Bench:
             self.save()
         triton.close()
         if video:
-            bare_video = BareVideo(rendered_parameters(stack.repository, VIDEO))
+            bare_video = BareVideo(config_parameters(stack.repository / VIDEO))
             triton_video = TritonVideo(stack.triton.grpc_url, bare_video.limits)
             vjob = video_job()
             calls = {
@@ -272,11 +274,12 @@ class Bench:
 
     def dllm(self, stack) -> None:
         from benchmarks.cpu.dllm import text_benchmark
-        from benchmarks.cpu.stack import DLLM, rendered_parameters
+        from benchmarks.cpu.stack import DLLM
         from benchmarks.paths import BareText, Served, TritonText
         from benchmarks.workloads import TextJob
+        from diffusion_runtime.launcher.repository import config_parameters
 
-        bare = BareText(rendered_parameters(stack.repository, DLLM))
+        bare = BareText(config_parameters(stack.repository / DLLM))
         triton = TritonText(stack.triton.grpc_url, bare.limits)
         served = Served(stack.url)
         prompt = "Write a short story about a robot who learns to paint."
@@ -310,10 +313,10 @@ class Bench:
             IMAGE_X2_T,
             SERVED_NAMES,
             cpu_count,
-            rendered_parameters,
         )
         from benchmarks.paths import BareImage
         from benchmarks.workloads import image_load_jobs
+        from diffusion_runtime.launcher.repository import config_parameters
 
         plan = self.plan
         jobs = image_load_jobs()
@@ -408,7 +411,7 @@ class Bench:
         # The control: the same comparison with the engine on one torch thread (bare and served), so that the
         # serving path (frontend, Triton, client) has a core of its own instead of taking CPU from the engine.
         threads_before = torch.get_num_threads()
-        bare_one = BareImage(rendered_parameters(stack.repository, IMAGE_1T))  # sets this process to 1 thread
+        bare_one = BareImage(config_parameters(stack.repository / IMAGE_1T))  # sets this process to 1 thread
 
         def bare_one_thread() -> dict[str, Any]:
             torch.set_num_threads(1)

@@ -108,15 +108,6 @@ def bench_specs(models: dict[str, Path], *, video: bool, dllm: bool) -> list[Mod
     return specs
 
 
-def rendered_parameters(repository: Path, model: str) -> dict[str, str]:
-    """The parameters a model sees (its rendered ``config.pbtxt``), so the bare engine gets the same config."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
-    return {key: value.string_value for key, value in config.parameters.items()}
-
-
 @dataclass
 class Stack:
     triton: TritonServer

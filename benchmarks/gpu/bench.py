@@ -27,13 +27,14 @@ measured. ``--deadline`` (seconds from start) shrinks repetitions to what still 
 of the same classes on the CPU for a dry run of this whole script.
 
 usage (from the project root, in its environment): python -m benchmarks.gpu.bench --plan image,video,multi-gpu
-    python -m benchmarks.gpu.bench --plan image-variants --engines diffusers --image-variants exact-default,compile
+    python -m benchmarks.gpu.bench --plan image-variants --engines diffusers --image-variants eager,compile
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import sys
@@ -49,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.gpu import variants
+from benchmarks.gpu import step_floor, variants
 from benchmarks.gpu.peer import measure_peer
 from benchmarks.gpu.peer import summary as peer_summary
 from benchmarks.paths import BareImage, BareVideo
@@ -262,7 +263,7 @@ def log_latency(label: str, pairs: int, latency: dict[str, Any], same: Any) -> N
 
 
 def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
-    from diffusion_runtime.launcher.repository import ModelSpec
+    from diffusion_runtime.launcher.repository import ModelSpec, served_parameters
 
     key = ["image", engine]
     model_path = ensure_model(settings, "flux", results)
@@ -277,7 +278,9 @@ def measure_image_engine(settings: Settings, engine: str, results: ResultsFile, 
     served = None
     bare = None
     try:
-        bare = BareImage(parameters, settings.device)  # loads while Triton loads its own copy
+        # The engine as the served model configures it (config.pbtxt under the overrides); it loads while Triton
+        # loads its own copy.
+        bare = BareImage(served_parameters("image_diffusion", parameters), settings.device)
         bare_loaded = time.perf_counter() - t0
         served = finish_stack(triton, workdir, SERVED_NAME["image"], settings.env, settings.load_timeout)
         results.put([*key, "load_s"], {"bare": bare_loaded, "served_ready": time.perf_counter() - t0})
@@ -386,6 +389,12 @@ def measure_image_variants(settings: Settings, engine: str, results: ResultsFile
         put=lambda keys, value: results.put(["image_variants", engine, *keys], value),
         release=release_gpu,
     )
+    if deadline.left() > 30:  # what the kernels alone take per step, to read the variants' step time against
+        transformer = json.loads((model_path / "transformer" / "config.json").read_text())
+        floor = step_floor.measure_step_floor(transformer, size[1], size[0], settings.device)
+        results.put(["image_variants", engine, "_step_floor"], floor)
+        log.info("[image-variants] %s", step_floor.floor_text(floor, steps=steps))
+        release_gpu()
 
 
 def tear_down(triton: Any, served: Served | None, bare: Any) -> None:
@@ -442,7 +451,7 @@ def _served_concurrent(served: Served, size, steps: int, count: int, concurrency
 
 
 def measure_video(settings: Settings, engine: str, results: ResultsFile, deadline: Deadline) -> None:
-    from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec
+    from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, served_parameters
 
     key = ["video", engine]
     if not (REPOSITORY / "video_generation" / "config.pbtxt").exists():
@@ -460,7 +469,7 @@ def measure_video(settings: Settings, engine: str, results: ResultsFile, deadlin
     served = None
     bare = None
     try:
-        bare = BareVideo(parameters, settings.device)
+        bare = BareVideo(served_parameters("video_generation", parameters), settings.device)
         served = finish_stack(triton, workdir, SERVED_NAME["video"], settings.env, settings.load_timeout)
         results.put([*key, "load_s"], {"served_ready": time.perf_counter() - t0})
         client = httpx.Client(base_url=served.frontend.url, timeout=1800)

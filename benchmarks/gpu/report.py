@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu import variants
+from benchmarks.gpu import step_floor, variants
 from benchmarks.report import VERDICT_RULE, judge, markdown_table, targets_table, write_json
 from benchmarks.stats import median, paired_ratios
 
@@ -124,6 +124,7 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if name.startswith("_"):
                     continue
                 row = {
+                    "step_floor": entry.get("_step_floor"),
                     "run": run["label"],
                     "device": run["device"] or _card(run),
                     "engine": engine,
@@ -144,6 +145,18 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row["not_measured"] = why
                 out.append(row)
     return out
+
+
+def _floor_lines(measured: Sequence[dict[str, Any]]) -> list[str]:
+    """Per run with a kernel floor: the floor against the fastest step any variant of the run measured."""
+    lines = []
+    for run in dict.fromkeys(row["run"] for row in measured if row.get("step_floor")):
+        rows = [row for row in measured if row["run"] == run]
+        steps = [row["phases"] for row in rows if row.get("phases")]
+        fastest = min(steps, key=lambda phases: phases["step_s"]) if steps else {}
+        text = step_floor.floor_text(rows[0]["step_floor"], fastest.get("step_s"), fastest.get("steps"))
+        lines += ["", f"Run {run}, one transformer step: {text}."]
+    return lines
 
 
 def _variants_table(measured: Sequence[dict[str, Any]]) -> str:
@@ -394,6 +407,7 @@ def markdown(
         lines += [""] if lines else []
         lines += [f"Image engine speed settings ({workloads}), the engine alone, one setting after another:", ""]
         lines += [_variants_table(variant_table)]
+        lines += _floor_lines(variant_table)
     if pool:
         lines += ["", "Pooled over the runs above (every interleaved pair):", "", _pooled_table(pool)]
     if speed:

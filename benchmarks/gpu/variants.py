@@ -5,7 +5,7 @@ Each variant is a set of the image model's speed parameters (``config.pbtxt``: `
 own. One variant after another, in this process, the project's engine is loaded with them exactly as the served
 model loads (warm-up included), then generates the same seeds as every other variant: load and warm-up seconds,
 the first request's seconds, and the latency of the timed ones. Every variant's images are compared with those of
-the first variant (the reference, ``exact-default`` unless told otherwise) for the same seeds: maximum and mean
+the first variant (the reference, ``eager`` unless told otherwise) for the same seeds: maximum and mean
 absolute pixel difference and PSNR. Exact settings should differ by rounding only (a few levels at most); step
 caches by what they trade for speed.
 
@@ -31,7 +31,8 @@ from benchmarks.stats import median, summarize
 log = logging.getLogger("benchmarks.gpu")
 
 PRESETS: dict[str, dict[str, str]] = {
-    "exact-default": {},
+    "eager": {"torch_compile": "off"},  # the plain engine: the reference for pixel errors
+    "default": {},  # the committed config.pbtxt's settings (torch_compile=auto: compiled blocks on a GPU)
     "pixels": {"pixels_on_device": "true"},
     "fuse": {"fuse_qkv_projections": "true"},
     "sdpa": {"attention_backend": "native"},
@@ -48,10 +49,10 @@ PRESETS: dict[str, dict[str, str]] = {
     "cache-dit": {"step_cache": "cache-dit"},
 }
 DEFAULT_VARIANTS = (
-    "exact-default,pixels,fuse,cudnn,flash,compile,compile+fuse+cudnn+pixels,compile-blocks+fuse+cudnn+pixels,"
+    "eager,default,pixels,fuse,cudnn,flash,compile,compile+fuse+cudnn+pixels,compile-blocks+fuse+cudnn+pixels,"
     "compile+autotune+fuse+cudnn+pixels,compile+fuse+cudnn+pixels+first-block,compile+fuse+cudnn+pixels+cache-dit"
 )
-SGLANG_VARIANTS = "exact-default,compile,compile-blocks,cache-dit"  # the levers DiffGenerator has
+SGLANG_VARIANTS = "eager,compile,compile-blocks,cache-dit"  # the levers DiffGenerator has
 
 
 def parse_variants(text: str) -> dict[str, dict[str, str]]:
@@ -111,9 +112,10 @@ def measure_variant(
     """Load the engine with ``parameters`` (timed, warm-up included), one first request, then ``runs(first_s)``
     timed requests (asked once the first one is done) with seeds 100, 101, ...; the record and the images by seed."""
     from benchmarks.paths import BareImage
+    from diffusion_runtime.launcher.repository import served_parameters
 
     start = time.perf_counter()
-    bare = BareImage(parameters, device)
+    bare = BareImage(served_parameters("image_diffusion", parameters), device)
     try:
         load_s = time.perf_counter() - start
         _, first_s = bare.generate(job(1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,22 @@ class ModelSpec:
     source: Path | None = None  # a model folder outside model_repository/ (tests' helper models)
     gpus_per_instance: int = 1  # >1: each instance spans that many GPUs (SGLang sequence/tensor parallel)
     max_queue_size: int | None = None  # requests waiting per model beyond those running; more are refused
+
+
+def config_parameters(model_folder: Path) -> dict[str, str]:
+    """The ``parameters`` of a model folder's ``config.pbtxt`` (committed or rendered), as the model reads them."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((model_folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def served_parameters(triton_name: str, overrides: Mapping[str, str]) -> dict[str, str]:
+    """What a committed model sees when served with ``overrides`` (a ``ModelSpec``'s parameters): its config's
+    parameters under them. An engine built in-process from these is configured as the served one (a benchmark's
+    bare side), defaults such as ``torch_compile=auto`` included."""
+    return {**config_parameters(REPOSITORY / triton_name), **overrides}
 
 
 def detect_gpus() -> list[int]:

@@ -22,7 +22,13 @@ and 8 key-value heads of 128 with query/key norms, FFN 6144, tied embeddings, vo
 SGLang also runs. These widths are the published config.json values as written here, not read from the hub. Neither
 checkpoint's modelling code ships with transformers: the folder carries a configuration module of its own
 (``auto_map``), which is all SGLang reads besides the weights, named as in the published checkpoints. The tokenizer
-is the tiny LLaDA model's (its ids all fall inside either vocabulary), with its chat template.
+is the tiny LLaDA model's (its ids all fall inside either vocabulary), with its chat template. The output rows of
+ids the tokenizer lacks are zero, so random weights answer in ids that decode to text (the vocabulary dwarfs the
+tokenizer: otherwise almost every answer would be ids the tokenizer cannot decode).
+
+``llada-mlm``: the transformers text engine's masked LM (``ModernBertForMaskedLM``, as the tiny LLaDA) at LLaDA-8B's
+widths (32 layers of 4096, 32 heads, MLP 12,288, vocabulary 126,464): about 7.5 B parameters, to measure the
+project's own decoder at a real model's cost per forward. Its unused vocabulary rows are zero too.
 
 The shapes are the project's one table (``diffusion_runtime.model_shapes``). ``--mini`` builds the same classes
 at the tiny models' widths (the smoke test's "mini" shapes; dry runs on a CPU). Random weights
@@ -30,7 +36,7 @@ are PyTorch's default initialisation, in bfloat16 (float32 with ``--mini``); a f
 on every machine. Tokenizers and the FLUX scheduler come from a tiny model's folder (``TOKENIZERS``), by default the
 project's own tiny models (``diffusion_runtime.tiny_models``, built locally on first use), so no download is needed.
 
-usage: python -m scripts.gpu.make_models {flux,wan,llada2,sdar} OUT [TOKENIZERS] [--mini] [--device cuda]
+usage: python -m scripts.gpu.make_models {flux,wan,llada2,sdar,llada-mlm} OUT [TOKENIZERS] [--mini] [--device cuda]
 """
 
 from __future__ import annotations
@@ -209,13 +215,17 @@ def build_dllm(kind: str, out: Path, tokenizers: Path, mini: bool, device: str) 
     shard: dict[str, torch.Tensor] = {}
     shards: list[dict[str, torch.Tensor]] = [shard]
     total = 0
-    for name, size in weight_shapes(config).items():
+    names = weight_shapes(config)
+    output = "lm_head.weight" if "lm_head.weight" in names else next(iter(names))  # tied: the embeddings
+    for name, size in names.items():
         if name.endswith("expert_bias"):
             tensor = torch.zeros(size, dtype=torch.float32, device=device)
         elif len(size) == 1:
             tensor = torch.ones(size, dtype=dtype, device=device)
         else:
             tensor = torch.empty(size, dtype=dtype, device=device).normal_(0.0, 0.02, generator=generator)
+        if name == output:
+            zero_unused_rows(tensor, len(tokenizer))
         if sum(t.nbytes for t in shard.values()) + tensor.nbytes > SHARD_BYTES and shard:
             shard = {}
             shards.append(shard)
@@ -232,12 +242,37 @@ def build_dllm(kind: str, out: Path, tokenizers: Path, mini: bool, device: str) 
     return {"model": total}
 
 
+def zero_unused_rows(vocabulary_rows, used: int) -> None:
+    """Zero the rows of ids past the tokenizer's ``used`` ids: their logits are then 0 while the tokenizer's own
+    ids' spread around it, so an argmax lands on an id that decodes to text."""
+    vocabulary_rows[used:] = 0
+
+
+def build_masked_lm(out: Path, tokenizers: Path, mini: bool, device: str) -> dict[str, int]:
+    """Write the transformers engine's masked LM (``llada-mlm``): the tiny LLaDA's class and tokenizer at LLaDA-8B's
+    widths (``--mini``: the tiny widths), initialised on ``device``."""
+    import torch
+    from transformers import AutoTokenizer, ModernBertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizers))
+    shape, vocab = (shapes.TINY_MLM, None) if mini else (shapes.LLADA_8B_MLM, shapes.LLADA_8B_VOCAB)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = ModernBertForMaskedLM(shapes.masked_lm_config(tokenizer, shape, vocab))
+    zero_unused_rows(model.get_input_embeddings().weight, len(tokenizer))  # the decoder shares them
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return {"model": sum(p.numel() for p in model.parameters())}
+
+
 BUILDERS = {"flux": build_flux, "wan": build_wan}
+MASKED_LMS = {"llada-mlm": build_masked_lm}
 TOKENIZER_MODELS = {  # the tiny model whose tokenizers each kind reuses
     "flux": "tiny-flux",
     "wan": "tiny-wan-t2v",
     "llada2": "tiny-llada",
     "sdar": "tiny-llada",
+    "llada-mlm": "tiny-llada",
 }
 STAMP = "random_weights.json"
 
@@ -246,6 +281,8 @@ def shape_digest(kind: str, mini: bool) -> str:
     """Names the shapes a folder was built with, so a folder built before a shape change is rebuilt."""
     if kind in DLLM_SHAPES:
         built = DLLM_SHAPES[kind][1 if mini else 0]
+    elif kind in MASKED_LMS:
+        built = shapes.TINY_MLM if mini else (shapes.LLADA_8B_MLM, shapes.LLADA_8B_VOCAB)
     else:
         built = (FLUX_SHAPES if kind == "flux" else WAN_SHAPES)[mini]
     return hashlib.sha256(repr(built).encode()).hexdigest()[:12]
@@ -272,6 +309,9 @@ def build(kind: str, out: Path, tokenizers: Path | None = None, mini: bool = Fal
     try:
         if kind in DLLM_SHAPES:  # written as it is made: a 16 B-parameter model never sits whole on the GPU
             params = build_dllm(kind, tmp, tokenizers, mini, device)
+            built = time.perf_counter()
+        elif kind in MASKED_LMS:
+            params = MASKED_LMS[kind](tmp, tokenizers, mini, device)
             built = time.perf_counter()
         else:
             pipe = BUILDERS[kind](out, tokenizers, mini, device)
@@ -332,7 +372,7 @@ def ensure_built(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=sorted([*BUILDERS, *DLLM_SHAPES]))
+    parser.add_argument("kind", choices=sorted([*BUILDERS, *DLLM_SHAPES, *MASKED_LMS]))
     parser.add_argument("out", type=Path)
     parser.add_argument(
         "tokenizers",

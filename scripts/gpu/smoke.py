@@ -60,7 +60,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from diffusion_runtime.launcher.processes import Frontend, TritonServer
-from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, detect_gpus
+from diffusion_runtime.launcher.repository import REPOSITORY, ModelSpec, config_parameters, detect_gpus
 from diffusion_runtime.media import probe_mp4
 from diffusion_runtime.tiny_models import default_cache_dir, ensure_tiny_model
 from scripts.gpu.engine_parameters import DEFAULT_SGLANG_ATTENTION_BACKEND, engine_parameters
@@ -216,6 +216,8 @@ def plan_stack(
             suffix = "" if shape == "tiny" else "_mini"
             triton_name = ("video_generation_i2v" if kind == "i2v" else TRITON_SOURCE[kind]) + suffix
             parameters = {"model_path": path, "served_model_name": name, **model_parameters(kind, engine, options)}
+            if shape == "mini":  # served as a user's own folder is: the engine derives SGLang's model id from it
+                parameters.pop("sglang_model_id", None)
             spec = ModelSpec(triton_name, parameters, source=REPOSITORY / TRITON_SOURCE[kind])
             served.append(ServedModel(kind, shape, engine, spec))
     return served, skipped
@@ -294,13 +296,9 @@ def find_size_thresholds(
                     unit = "pixels" if "PIXEL" in name else "bytes"
                     found.append(SizeThreshold(name, shown(path), value, unit))
     if config is not None and config.exists():
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-
-        parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-        for key, value in parsed.parameters.items():
-            if "pixels" in key and value.string_value.strip().isdigit():
-                found.append(SizeThreshold(key, shown(config), int(value.string_value), "pixels"))
+        for key, value in config_parameters(config.parent).items():
+            if "pixels" in key and value.strip().isdigit():
+                found.append(SizeThreshold(key, shown(config), int(value), "pixels"))
     return found
 
 
