@@ -147,5 +147,5 @@ def floor_text(floor: Mapping[str, Any], step_s: float | None = None, steps: int
     if step_s:
         text += f"; measured step {step_s * 1e3:.1f} ms = {step_s / floor['step_s']:.2f}x the floor"
     if steps:
-        text += f"; {steps} steps at the floor: {floor['step_s'] * steps:.2f} s"
+        text += f"; {steps:.0f} steps at the floor: {floor['step_s'] * steps:.2f} s"
     return text
