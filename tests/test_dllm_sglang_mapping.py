@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from diffusion_runtime.dllm import TextEngineConfig, create_text_engine, text_engine_name
+from diffusion_runtime.dllm.base import DEFAULT_CONCURRENT_REQUESTS
 from diffusion_runtime.dllm.sglang_engine import (
     LoopThread,
     chunk_delta,
@@ -51,7 +52,9 @@ def test_engine_kwargs_from_config_parameters() -> None:
     }
 
 
-def test_engine_kwargs_defaults_leave_sglang_its_own() -> None:
+def test_engine_kwargs_defaults_leave_sglang_its_own_but_batch_as_many_requests_as_the_model_admits() -> None:
+    """SGLang's dLLM scheduler would run one request at a time; the model admits eight by default, so SGLang is
+    told eight and decodes them together."""
     config = TextEngineConfig.from_parameters({"model_path": "/m", "engine": "sglang"}, "cuda:0")
     assert engine_kwargs(config) == {
         "model_path": "/m",
@@ -59,6 +62,7 @@ def test_engine_kwargs_defaults_leave_sglang_its_own() -> None:
         "trust_remote_code": True,
         "tp_size": 1,
         "incremental_streaming_output": True,
+        "max_running_requests": DEFAULT_CONCURRENT_REQUESTS,
     }
 
 

@@ -54,7 +54,7 @@ def test_the_peer_plan_measures_both_servers_on_toy_models(tmp_path: Path) -> No
     run = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     peer = json.loads((out / "results.json").read_text())["peer"]["image"]
-    assert peer["peer_command"][1:4] == ["serve", "--model-type", "diffusion"]
+    assert peer["peer_command"][3:6] == ["serve", "--model-type", "diffusion"]
     latency = peer["latency"]
     assert len(latency["ours_s"]) == len(latency["peer_s"]) == latency["pairs"] >= 3
     assert latency["ours_over_peer"] > 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("benchmarks.gpu.peer")
 PEER_HEALTH_PATH = "/health"  # 200 once the server has loaded the model (503 before)
+# The ``sglang`` command, run by this interpreter: its console script exists only where pip installed SGLang, and its
+# module has no ``__main__`` guard.
+SGLANG_CLI = (sys.executable, "-c", "from sglang.cli.main import main; main()")
 
 
 def peer_flags(parameters: Mapping[str, str], device: str) -> list[str]:
@@ -66,8 +68,7 @@ class PeerServer:
         from diffusion_runtime.net import free_port
 
         port = free_port()
-        executable = shutil.which("sglang", path=str(Path(sys.executable).parent)) or "sglang"
-        command = [executable, "serve", "--model-type", "diffusion", "--host", "127.0.0.1", "--port", str(port)]
+        command = [*SGLANG_CLI, "serve", "--model-type", "diffusion", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--master-port", str(free_port()), "--scheduler-port", str(free_port())]
         command += ["--output-path", ""]  # no copy of each image on disk: ours answers b64_json without storing
         command += peer_flags(parameters, settings.device)

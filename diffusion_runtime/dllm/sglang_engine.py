@@ -79,8 +79,10 @@ def engine_kwargs(config: TextEngineConfig) -> dict[str, Any]:
         kwargs["dllm_algorithm_config"] = config.dllm_algorithm_config
     if config.dtype != "auto":
         kwargs["dtype"] = config.dtype
-    if config.max_running_requests > 0:
-        kwargs["max_running_requests"] = config.max_running_requests
+    # SGLang's dLLM scheduler runs one request at a time unless told otherwise (its DllmConfig defaults
+    # max_running_requests to 1), while this engine admits as many as the model's max_running_requests: the same
+    # number goes to SGLang, so the requests in flight are decoded together.
+    kwargs["max_running_requests"] = config.max_running_requests or DEFAULT_CONCURRENT_REQUESTS
     kwargs.update(config.sglang_extra_args())
     return kwargs
 
