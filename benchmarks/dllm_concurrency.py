@@ -42,7 +42,7 @@ from benchmarks.report import markdown_table, write_json
 from benchmarks.stats import paired_ratios, summarize
 from diffusion_runtime.launcher.processes import Frontend
 from diffusion_runtime.launcher.repository import ModelSpec, served_parameters
-from scripts.gpu.host import describe_device, library_versions
+from scripts.gpu.host import describe_device, git_commit, library_versions
 from scripts.gpu.served_stack import start_frontend, start_triton
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started,
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.dllm_concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(),
         "machine": {
             "cpus": os.cpu_count(),
             "load_start": load_start,

@@ -79,3 +79,4 @@ def test_the_dllm_benchmark_measures_served_against_bare_at_each_concurrency(tmp
         assert record["bare_tokens_per_s"][level]["median"] > 0
         assert record["served_over_bare"][level]["median"] > 0
     assert "served/bare" in run.stdout, "the table has the served/bare column"
+    assert len(record["commit"]["sha"]) == 40, "the record says which code it measured"
