@@ -202,29 +202,44 @@ def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
         triton.stop()
 
 
+def measure_rounds(args: argparse.Namespace, sides: list[tuple[str, Connect, dict[int, list[Level]]]]) -> None:
+    """Interleaved rounds: concurrency levels in alternating order, and the sides alternating first."""
+    for round_index in range(args.rounds):
+        order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
+        for concurrency in order:
+            for side, connect, into in sides if round_index % 2 == 0 else sides[::-1]:
+                level = run_level(connect, args, concurrency)
+                into[concurrency].append(level)
+                print(
+                    f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side} concurrency {concurrency}: "
+                    f"{level.tokens_per_s:.1f} tokens/s",
+                    flush=True,
+                )
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.work or tempfile.mkdtemp(prefix="dllm-concurrency-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
     bare_rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
-    with served_dllm(args, workdir) as frontend, bare_dllm(args) as bare:
-        sides = [("served", served_completion(frontend.url, args), rounds)]
-        if bare is not None:
-            sides.append(("bare", bare, bare_rounds))
-        for concurrency in args.concurrency:  # warm-up, not recorded
-            for _, connect, _ in sides:
-                run_level(connect, args, concurrency)
-        for round_index in range(args.rounds):
-            order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
-            for concurrency in order:
-                for side, connect, into in sides if round_index % 2 == 0 else sides[::-1]:
-                    level = run_level(connect, args, concurrency)
-                    into[concurrency].append(level)
-                    print(
-                        f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side} concurrency {concurrency}: "
-                        f"{level.tokens_per_s:.1f} tokens/s",
-                        flush=True,
-                    )
+    started = time.perf_counter()
+
+    def progress(what: str) -> None:  # a run stopped at a time limit still shows how far it got
+        print(f"[dllm-concurrency] {what} after {time.perf_counter() - started:.0f} s", flush=True)
+
+    with served_dllm(args, workdir) as frontend:
+        progress("served stack ready")
+        with bare_dllm(args) as bare:
+            if bare is not None:
+                progress("bare engine loaded")
+            sides = [("served", served_completion(frontend.url, args), rounds)]
+            if bare is not None:
+                sides.append(("bare", bare, bare_rounds))
+            for concurrency in args.concurrency:  # warm-up, not recorded
+                for side, connect, _ in sides:
+                    run_level(connect, args, concurrency)
+                    progress(f"warm-up {side} concurrency {concurrency}")
+            measure_rounds(args, sides)
     base = args.concurrency[0]
     levels = {
         str(c): {

@@ -80,3 +80,5 @@ def test_the_dllm_benchmark_measures_served_against_bare_at_each_concurrency(tmp
         assert record["served_over_bare"][level]["median"] > 0
     assert "served/bare" in run.stdout, "the table has the served/bare column"
     assert len(record["commit"]["sha"]) == 40, "the record says which code it measured"
+    for step in ("served stack ready", "bare engine loaded", "warm-up bare concurrency 2"):
+        assert f"[dllm-concurrency] {step} after" in run.stdout, "a run cut short shows how far it got"
