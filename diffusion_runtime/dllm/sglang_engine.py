@@ -1,10 +1,11 @@
 """The SGLang text engine: ``sglang.Engine(..., dllm_algorithm=...)`` in the stub, streaming block by block.
 
-NOT EXERCISED: SGLang's diffusion-LM path needs CUDA and its own kernels (``sgl_kernel``): no CPU host runs it,
-and the GPU hosts this project has run on had no ``sglang-kernel`` wheel. Only the mapping of our settings and requests
-to SGLang's arguments (``engine_kwargs``, ``sampling_params``, ``finish_reason``) is unit-tested; the calls
-below follow sglang 0.5.23's ``Engine.generate(input_ids=..., sampling_params=..., stream=True)`` as read
-from the wheel.
+Where it has run: SGLang's diffusion-LM path needs CUDA, so no CPU host runs it; the tests cover the mapping of our
+settings and requests to SGLang's arguments (``engine_kwargs``, ``sampling_params``, ``finish_reason``). On an H200
+without SGLang's compiled kernels (pure-PyTorch stand-ins for the five ``sgl_kernel`` calls of its LLaDA2 path,
+``attention_backend=triton``, no CUDA graphs), ``sglang.Engine`` decoded the mini LLaDA2 shape one and eight at a
+time, and the ``dllm`` model loaded LLaDA2.0-mini through Triton with this adapter. The calls below follow sglang
+0.5.23's ``Engine.async_generate(input_ids=..., sampling_params=..., stream=True)``.
 
 What differs from the transformers engine, by SGLang's design:
 - The algorithm's knobs are fixed when the engine starts: block size and threshold come from the YAML file
