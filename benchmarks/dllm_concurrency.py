@@ -230,10 +230,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with served_dllm(args, workdir) as frontend:
         progress("served stack ready")
         with bare_dllm(args) as bare:
-            if bare is not None:
-                progress("bare engine loaded")
             sides = [("served", served_completion(frontend.url, args), rounds)]
             if bare is not None:
+                progress("bare engine loaded")
                 sides.append(("bare", bare, bare_rounds))
             for concurrency in args.concurrency:  # warm-up, not recorded
                 for side, connect, _ in sides:

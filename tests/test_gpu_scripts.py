@@ -215,6 +215,14 @@ def test_report_tables_the_image_variants_with_their_speed_and_pixel_error():
     assert "| c | diffusers | eager | 4.000 (2) | **1.000×** | 4.00 | 20.0 | – | – | reference |" in text
     assert "not measured: ImportError: no FA3" in text
 
+    # A run that timed the kernel floor: one line per run, against the fastest measured step.
+    floor = {"step_s": 0.1, "step_flops": 74e12, "kinds": {"linear": {"step_s": 0.1, "tflops": 740.0}}}
+    entry["_step_floor"] = floor
+    entry["eager"]["phases"] = {"step_s": 0.2, "steps": 28, "before_steps_s": 0.0, "after_steps_s": 0.1}
+    assert report.step_floors(runs) == {"c": floor}
+    text = report.markdown([], [], [], [], [], report.variant_rows(runs), report.step_floors(runs))
+    assert "Run c, one transformer step: kernel floor per step 100.0 ms" in text and "= 2.00x the floor" in text
+
 
 def test_system_library_dirs_stay_off_the_models_library_path(monkeypatch):
     """A system Python's LIBDIR on LD_LIBRARY_PATH made the model stubs load the system cuDNN (seen on the H100)."""

@@ -124,7 +124,6 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if name.startswith("_"):
                     continue
                 row = {
-                    "step_floor": entry.get("_step_floor"),
                     "run": run["label"],
                     "device": run["device"] or _card(run),
                     "engine": engine,
@@ -147,14 +146,23 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _floor_lines(measured: Sequence[dict[str, Any]]) -> list[str]:
+def step_floors(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each run's kernel floor of one transformer step (``step_floor``), by run label, for the runs that timed one."""
+    return {
+        run["label"]: entry["_step_floor"]
+        for run in runs
+        for entry in run["results"].get("image_variants", {}).values()
+        if "_step_floor" in entry
+    }
+
+
+def _floor_lines(floors: dict[str, dict[str, Any]], measured: Sequence[dict[str, Any]]) -> list[str]:
     """Per run with a kernel floor: the floor against the fastest step any variant of the run measured."""
     lines = []
-    for run in dict.fromkeys(row["run"] for row in measured if row.get("step_floor")):
-        rows = [row for row in measured if row["run"] == run]
-        steps = [row["phases"] for row in rows if row.get("phases")]
+    for run, floor in floors.items():
+        steps = [row["phases"] for row in measured if row["run"] == run and row.get("phases")]
         fastest = min(steps, key=lambda phases: phases["step_s"]) if steps else {}
-        text = step_floor.floor_text(rows[0]["step_floor"], fastest.get("step_s"), fastest.get("steps"))
+        text = step_floor.floor_text(floor, fastest.get("step_s"), fastest.get("steps"))
         lines += ["", f"Run {run}, one transformer step: {text}."]
     return lines
 
@@ -398,6 +406,7 @@ def markdown(
     goals: list[dict[str, Any]],
     notes: list[str],
     variant_table: Sequence[dict[str, Any]] = (),
+    floors: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     after = [row for row in table if "latency_s" in row and not row["before_fix"]]
     before = [row for row in table if "latency_s" in row and row["before_fix"]]
@@ -407,7 +416,7 @@ def markdown(
         lines += [""] if lines else []
         lines += [f"Image engine speed settings ({workloads}), the engine alone, one setting after another:", ""]
         lines += [_variants_table(variant_table)]
-        lines += _floor_lines(variant_table)
+        lines += _floor_lines(floors or {}, variant_table)
     if pool:
         lines += ["", "Pooled over the runs above (every interleaved pair):", "", _pooled_table(pool)]
     if speed:
@@ -444,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"label": label, "device": device, "before_fix": label in args.before_fix, "results": results})
     table = rows(runs)
     variant_table = variant_rows(runs)
+    floors = step_floors(runs)
     pool = pooled(table)
     speed = speedups(table)
     goals = verdicts(table)
@@ -464,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "sglang_vs_diffusers": speed,
         "results": table,
         "image_variants": variant_table,
+        "step_floors": floors,
         "notes": args.note,
         "raw": {run["label"]: {"device": run["device"], "results": run["results"]} for run in runs},
     }
@@ -475,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             if row.get(field) is not None:
                 document[field][key] = row[field]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(table, pool, speed, goals, args.note, variant_table)
+    text = markdown(table, pool, speed, goals, args.note, variant_table, floors)
     write_json(document, args.out_dir / f"gpu-{args.date}.json")
     (args.out_dir / f"gpu-{args.date}.md").write_text(text)
     print(text)

@@ -138,7 +138,7 @@ def measure_step_floor(
     }
 
 
-def floor_text(floor: Mapping[str, Any], step_s: float | None = None, steps: int | None = None) -> str:
+def floor_text(floor: Mapping[str, Any], step_s: float | None = None, steps: float | None = None) -> str:
     """The floor in words, against a measured step when given."""
     kinds = ", ".join(
         f"{name} {kind['step_s'] * 1e3:.1f} ms ({kind['tflops']:.0f} TFLOP/s)" for name, kind in floor["kinds"].items()
