@@ -71,6 +71,23 @@ def test_mini_folders_are_served_as_a_users_own_folder_without_sglang_model_id(m
         assert by_shape[kind, "tiny"]["sglang_model_id"]
 
 
+def test_sglang_video_backend_option_changes_only_the_wan_models_on_sglang() -> None:
+    """``--sglang-video-backend diffusers`` serves Wan through SGLang's diffusers backend (a host without SGLang's
+    CuTe-DSL kernels cannot import its native Wan); FLUX and the other engines keep their parameters."""
+    args = smoke.build_parser().parse_args(["--sglang-video-backend", "diffusers"])
+    options = smoke.Options(
+        ("sglang",), ("tiny",), True, "torch_sdpa", None, sglang_video_backend=args.sglang_video_backend
+    )
+    assert smoke.model_parameters("t2v", "sglang", options)["sglang_backend"] == "diffusers"
+    assert smoke.model_parameters("i2v", "sglang", options)["video_mode"] == "i2v"
+    assert smoke.model_parameters("image", "sglang", options)["sglang_backend"] == "sglang"
+    assert "sglang_backend" not in smoke.model_parameters("t2v", "diffusers", options)
+    default = smoke.Options(("sglang",), ("tiny",), True, "torch_sdpa", None)
+    assert smoke.model_parameters("t2v", "sglang", default)["sglang_backend"] == "sglang"
+    with pytest.raises(SystemExit):
+        smoke.build_parser().parse_args(["--sglang-video-backend", "native"])
+
+
 def test_a_missed_deadline_fails_loudly_and_spares_the_models_other_checks(tmp_path: Path) -> None:
     record = smoke.Smoke(ResultsFile(tmp_path / "smoke.json", {}), deadline=5)
     model = smoke.ServedModel("image", "tiny", "diffusers", ModelSpec("image_diffusion", {"served_model_name": "m"}))

@@ -152,6 +152,7 @@ class Options:
     sglang_attention_backend: str
     dllm_sglang_model: str | None
     dllm_sglang_args: str = ""  # JSON object of further sglang.Engine kwargs (the model's sglang_args)
+    sglang_video_backend: str | None = None  # sglang_backend for Wan on the sglang engine (None: the default)
 
 
 def engine_unavailable_reason(kind: str, engine: str, options: Options) -> str | None:
@@ -178,13 +179,14 @@ def engine_unavailable_reason(kind: str, engine: str, options: Options) -> str |
 
 def model_parameters(kind: str, engine: str, options: Options) -> dict[str, str]:
     if kind != "text":
-        mode = {"video_mode": kind} if kind in ("t2v", "i2v") else {}
-        return {
-            **mode,
-            **engine_parameters(
-                MODEL_FAMILY[kind], engine, on_gpu=options.on_gpu, attention_backend=options.sglang_attention_backend
-            ),
-        }
+        parameters = engine_parameters(
+            MODEL_FAMILY[kind], engine, on_gpu=options.on_gpu, attention_backend=options.sglang_attention_backend
+        )
+        if kind in ("t2v", "i2v"):
+            parameters["video_mode"] = kind
+            if engine == "sglang" and options.sglang_video_backend:
+                parameters["sglang_backend"] = options.sglang_video_backend
+        return parameters
     if engine == "sglang":
         extra = {"sglang_args": options.dllm_sglang_args} if options.dllm_sglang_args else {}
         return {"engine": "sglang", **extra}
@@ -962,6 +964,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON object of further sglang.Engine kwargs for it, e.g. an attention backend that needs no compiled "
         'extension on a host without SGLang\'s kernels: {"attention_backend": "triton", "disable_cuda_graph": true}',
     )
+    parser.add_argument(
+        "--sglang-video-backend",
+        choices=("sglang", "diffusers"),
+        default=None,
+        help="sglang_backend of the Wan models on the sglang engine (default: SGLang's native Wan on a GPU); "
+        "'diffusers' where SGLang's native Wan cannot import (its CUDA kernels need nvidia-cutlass-dsl)",
+    )
     return parser
 
 
@@ -975,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         sglang_attention_backend=args.sglang_attention_backend,
         dllm_sglang_model=args.dllm_sglang_model,
         dllm_sglang_args=args.dllm_sglang_args,
+        sglang_video_backend=args.sglang_video_backend,
     )
     workdir = args.work or Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     workdir.mkdir(parents=True, exist_ok=True)
