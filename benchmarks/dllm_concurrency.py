@@ -9,8 +9,11 @@ GPU is at least 4x at concurrency 8 (``--max-running-requests 1`` measures the o
 With ``--bare``, each level is also run against the bare engine: the project's text engine class (for ``sglang``,
 the thin adapter over ``sglang.Engine``) loaded in this process with the same parameters and driven by the same
 requests from the same number of threads; served and bare levels alternate, and the table adds served/bare
-tokens/s per concurrency (the goal: at least 0.97). Prints a table and writes
-``benchmarks/results/dllm-concurrency-<cpu|gpu>-<date>.json``.
+tokens/s per concurrency (the goal: at least 0.97). Each level is warmed up first with one wave of requests (what
+compiles kernels for its batch size). Prints a table and writes ``benchmarks/results/dllm-concurrency-<cpu|gpu>-
+<date>.json``, rewritten after every round (``rounds_done``), so a run stopped at a time limit keeps its finished
+rounds; with ``--deadline SECONDS`` a round that would end later (judged by the last one) is not started
+(``stopped_early`` says why).
 
 On a GPU host (every visible GPU unless ``--gpus``; one instance per GPU)::
 
@@ -121,9 +124,10 @@ def bare_completion(engine: Any, limits: Any, args: argparse.Namespace) -> Conne
     return client
 
 
-def run_level(connect: Connect, args: argparse.Namespace, concurrency: int) -> Level:
-    """``args.requests`` completions (at least two per client) from ``concurrency`` client threads."""
-    count = max(args.requests, 2 * concurrency)
+def run_level(connect: Connect, args: argparse.Namespace, concurrency: int, count: int | None = None) -> Level:
+    """``count`` completions (default ``args.requests``, at least two per client) from ``concurrency`` client
+    threads."""
+    count = count or max(args.requests, 2 * concurrency)
     next_index = iter(range(count))
     lock = threading.Lock()
     latencies: list[float] = []
@@ -202,9 +206,22 @@ def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
         triton.stop()
 
 
-def measure_rounds(args: argparse.Namespace, sides: list[tuple[str, Connect, dict[int, list[Level]]]]) -> None:
-    """Interleaved rounds: concurrency levels in alternating order, and the sides alternating first."""
+def measure_rounds(
+    args: argparse.Namespace,
+    sides: list[tuple[str, Connect, dict[int, list[Level]]]],
+    checkpoint: Callable[[int, str | None], None],
+    seconds_left: Callable[[], float],
+) -> None:
+    """Interleaved rounds: concurrency levels in alternating order, and the sides alternating first. After each
+    round, ``checkpoint(rounds_done, None)`` (a run stopped later keeps it); a round that would not end within
+    ``seconds_left()`` (judged by the last one) is not started: ``checkpoint(rounds_done, why)``."""
+    last_round_s = 0.0
     for round_index in range(args.rounds):
+        left = seconds_left() if round_index else float("inf")
+        if last_round_s > left:
+            checkpoint(round_index, f"out of time: a round takes {last_round_s:.0f} s, {left:.0f} s left")
+            return
+        started = time.perf_counter()
         order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
         for concurrency in order:
             for side, connect, into in sides if round_index % 2 == 0 else sides[::-1]:
@@ -215,17 +232,61 @@ def measure_rounds(args: argparse.Namespace, sides: list[tuple[str, Connect, dic
                     f"{level.tokens_per_s:.1f} tokens/s",
                     flush=True,
                 )
+        last_round_s = time.perf_counter() - started
+        checkpoint(round_index + 1, None)
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def summary(args: argparse.Namespace, rounds: dict[int, list[Level]], bare_rounds: dict[int, list[Level]]) -> dict:
+    """Tokens/s and latencies per concurrency over the rounds done, their ratios to concurrency 1 and to bare."""
+    base = args.concurrency[0]
+    done = [c for c, runs in rounds.items() if runs]
+    levels = {
+        str(c): {
+            "tokens_per_s": summarize([level.tokens_per_s for level in rounds[c]]),
+            "latency_ms": summarize([s for level in rounds[c] for s in level.latencies_s], 1000),
+            "requests_per_round": len(rounds[c][0].latencies_s),
+            "tokens_per_round": [level.tokens for level in rounds[c]],
+        }
+        for c in done
+    }
+    ratios = {
+        str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in rounds[base]])
+        for c in args.concurrency[1:]
+        if c in done
+    }
+    results: dict[str, Any] = {"levels": levels, "tokens_per_s_ratio_vs_concurrency_1": ratios}
+    if args.bare:
+        results["bare_tokens_per_s"] = {
+            str(c): summarize([level.tokens_per_s for level in bare_rounds[c]]) for c in done
+        }
+        results["served_over_bare"] = {
+            str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in bare_rounds[c]])
+            for c in done
+        }
+    return results
+
+
+def measure(args: argparse.Namespace, record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Serve (and with ``--bare`` load bare), warm each level up with one wave of requests, then the rounds; the
+    results so far go to ``record`` after each round."""
     workdir = Path(args.work or tempfile.mkdtemp(prefix="dllm-concurrency-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
     bare_rounds: dict[int, list[Level]] = {c: [] for c in args.concurrency}
     started = time.perf_counter()
+    progress_state: dict[str, Any] = {"rounds_done": 0, "stopped_early": None}
 
     def progress(what: str) -> None:  # a run stopped at a time limit still shows how far it got
         print(f"[dllm-concurrency] {what} after {time.perf_counter() - started:.0f} s", flush=True)
+
+    def seconds_left() -> float:
+        return args.deadline - (time.perf_counter() - started) if args.deadline else float("inf")
+
+    def checkpoint(rounds_done: int, stopped_early: str | None) -> None:
+        progress_state.update(rounds_done=rounds_done, stopped_early=stopped_early)
+        if stopped_early:
+            progress(stopped_early)
+        record({**summary(args, rounds, bare_rounds), **progress_state, "workdir": str(workdir)})
 
     with served_dllm(args, workdir) as frontend:
         progress("served stack ready")
@@ -234,39 +295,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if bare is not None:
                 progress("bare engine loaded")
                 sides.append(("bare", bare, bare_rounds))
-            for concurrency in args.concurrency:  # warm-up, not recorded
+            for concurrency in args.concurrency:  # warm-up, not recorded: one wave compiles what the level runs
                 for side, connect, _ in sides:
-                    run_level(connect, args, concurrency)
+                    run_level(connect, args, concurrency, count=concurrency)
                     progress(f"warm-up {side} concurrency {concurrency}")
-            measure_rounds(args, sides)
-    base = args.concurrency[0]
-    levels = {
-        str(c): {
-            "tokens_per_s": summarize([level.tokens_per_s for level in runs]),
-            "latency_ms": summarize([s for level in runs for s in level.latencies_s], 1000),
-            "requests_per_round": len(runs[0].latencies_s),
-            "tokens_per_round": [level.tokens for level in runs],
-        }
-        for c, runs in rounds.items()
-    }
-    ratios = {
-        str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in rounds[base]])
-        for c in args.concurrency[1:]
-    }
-    results: dict[str, Any] = {
-        "levels": levels,
-        "tokens_per_s_ratio_vs_concurrency_1": ratios,
-        "workdir": str(workdir),
-    }
-    if args.bare:
-        results["bare_tokens_per_s"] = {
-            str(c): summarize([level.tokens_per_s for level in runs]) for c, runs in bare_rounds.items()
-        }
-        results["served_over_bare"] = {
-            str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in bare_rounds[c]])
-            for c in args.concurrency
-        }
-    return results
+            measure_rounds(args, sides, checkpoint, seconds_left)
+    return {**summary(args, rounds, bare_rounds), **progress_state, "workdir": str(workdir)}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -308,6 +342,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the model's max_running_requests (default: the highest concurrency; 1: one request at a time)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--deadline", type=float, default=0, help="seconds the run may take: no round is started that would end later"
+    )
     parser.add_argument("--bare", action="store_true", help="also run the engine bare in this process, interleaved")
     parser.add_argument("--sglang-args", default="", help="JSON object of further sglang.Engine kwargs (sglang_args)")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -335,29 +372,29 @@ def main(argv: list[str] | None = None) -> int:
         args.model = ensure_tiny_models()["tiny-llada"]
     started = dt.datetime.now().isoformat(timespec="seconds")
     load_start = [round(x, 2) for x in os.getloadavg()]
-    results = measure(args)
     device = "gpu" if args.gpu_list else "cpu"
-    record = {
+    path = args.out_dir / f"dllm-concurrency-{device}-{args.date}.json"
+
+    header = {
         "benchmark": "dllm_concurrency",
         "date": args.date,
         "started_at": started,
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.dllm_concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_start": load_start,
-            "load_end": [round(x, 2) for x in os.getloadavg()],
-            "device": describe_device() if args.gpu_list else "cpu",
-            **library_versions(),
-        },
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out_dir", "work")
         },
-        **results,
     }
-    path = args.out_dir / f"dllm-concurrency-{device}-{args.date}.json"
-    write_json(record, path)
+    machine = {"cpus": os.cpu_count(), "device": describe_device() if args.gpu_list else "cpu", **library_versions()}
+
+    def record(results: dict[str, Any]) -> None:
+        """The whole record, rewritten after each round: a run stopped at a time limit keeps its finished rounds."""
+        finished = dt.datetime.now().isoformat(timespec="seconds")
+        load = {"load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()]}
+        write_json({**header, "finished_at": finished, "machine": {**machine, **load}, **results}, path)
+
+    results = measure(args, record)
+    record(results)
     print(table(results))
     print(f"[dllm-concurrency] wrote {path}")
     return 0

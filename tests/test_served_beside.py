@@ -79,6 +79,37 @@ def test_the_dllm_benchmark_measures_served_against_bare_at_each_concurrency(tmp
         assert record["bare_tokens_per_s"][level]["median"] > 0
         assert record["served_over_bare"][level]["median"] > 0
     assert "served/bare" in run.stdout, "the table has the served/bare column"
+    assert record["rounds_done"] == 2 and record["stopped_early"] is None
     assert len(record["commit"]["sha"]) == 40, "the record says which code it measured"
     for step in ("served stack ready", "bare engine loaded", "warm-up bare concurrency 2"):
         assert f"[dllm-concurrency] {step} after" in run.stdout, "a run cut short shows how far it got"
+
+
+def test_the_dllm_benchmark_keeps_each_finished_round_and_starts_none_past_its_deadline() -> None:
+    """A round is recorded as soon as it ends; once the time left is shorter than the last round took, no round is
+    started and the record says why (a GPU call with a time limit ends with numbers, not with nothing)."""
+    from contextlib import contextmanager
+
+    from benchmarks import dllm_concurrency
+
+    args = dllm_concurrency.parse_args(["--rounds", "3", "--requests", "2", "--concurrency", "1,2", "--bare"])
+
+    @contextmanager
+    def instant_client():
+        yield lambda index: 8  # eight completion tokens per request
+
+    served: dict[int, list] = {1: [], 2: []}
+    bare: dict[int, list] = {1: [], 2: []}
+    recorded: list[tuple[int, str | None, dict]] = []
+
+    def checkpoint(rounds_done: int, stopped_early: str | None) -> None:
+        recorded.append((rounds_done, stopped_early, dllm_concurrency.summary(args, served, bare)))
+
+    left = iter([float("inf"), 0.0])  # asked before rounds 2 and 3: time for round 2, none for round 3
+    sides = [("served", instant_client, served), ("bare", instant_client, bare)]
+    dllm_concurrency.measure_rounds(args, sides, checkpoint, lambda: next(left))
+    assert [(done, why is None) for done, why, _ in recorded] == [(1, True), (2, True), (2, False)]
+    assert recorded[-1][1].startswith("out of time")
+    assert len(served[1]) == len(bare[2]) == 2, "two rounds measured, the third not started"
+    first = recorded[0][2]
+    assert first["levels"]["2"]["tokens_per_round"] == [32] and first["served_over_bare"]["1"]["n"] == 1
