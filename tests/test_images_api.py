@@ -46,19 +46,25 @@ def test_b64_png_has_requested_size(diffusers_stack: Stack, size: str) -> None:
     assert f"{image.width}x{image.height}" == size
 
 
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(decode(b64), dtype=np.int16)
+
+
 def test_fixed_seed_repeats_bytes_and_n_gives_distinct_images(diffusers_stack: Stack) -> None:
     first = generate(diffusers_stack, extra_body={"seed": 1234, "num_inference_steps": 2})
     again = generate(diffusers_stack, extra_body={"seed": 1234, "num_inference_steps": 2})
     assert base64.b64decode(first.data[0].b64_json) == base64.b64decode(again.data[0].b64_json)
 
     pair = generate(diffusers_stack, n=2, extra_body={"seed": 1234, "num_inference_steps": 2})
-    a, b = (base64.b64decode(d.b64_json) for d in pair.data)
-    assert a != b
-    # Image i of a request is the image seed+i alone gives: n is a batch of single generations.
-    assert a == base64.b64decode(first.data[0].b64_json)
+    a, b = (pixels(d.b64_json) for d in pair.data)
+    assert np.abs(a - b).mean() > 5, "the two images of a request differ"
+    # Image i of a request is the picture seed+i alone gives: n is a batch of single generations. Batched matrix
+    # products may round differently from a single one (last bits of float32, seen on some CPUs), so a pixel may
+    # land one level apart, never more.
+    assert np.abs(a - pixels(first.data[0].b64_json)).max() <= 1
     assert [d.model_extra["seed"] for d in pair.data] == [1234, 1235]
     second_alone = generate(diffusers_stack, extra_body={"seed": 1235, "num_inference_steps": 2})
-    assert b == base64.b64decode(second_alone.data[0].b64_json)
+    assert np.abs(b - pixels(second_alone.data[0].b64_json)).max() <= 1
 
 
 def test_random_seed_is_reported_and_reproduces(diffusers_stack: Stack) -> None:

@@ -37,7 +37,8 @@ def load_pipeline(config: EngineConfig):
 
 def seeded_generators(seeds: list[int]):
     """One CPU generator per output: noise is drawn on the CPU, so a seed gives the same image on any device
-    and image ``i`` of a batch equals a single generation with ``seeds[i]``."""
+    and image ``i`` of a batch is the picture a single generation with ``seeds[i]`` gives (batched matrix products
+    may round the last float bits differently, so a pixel may differ by one level)."""
     import torch
 
     return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
