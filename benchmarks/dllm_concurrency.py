@@ -282,11 +282,14 @@ def measure(args: argparse.Namespace, record: Callable[[dict[str, Any]], None]) 
     def seconds_left() -> float:
         return args.deadline - (time.perf_counter() - started) if args.deadline else float("inf")
 
+    def results() -> dict[str, Any]:
+        return {**summary(args, rounds, bare_rounds), **progress_state, "workdir": str(workdir)}
+
     def checkpoint(rounds_done: int, stopped_early: str | None) -> None:
         progress_state.update(rounds_done=rounds_done, stopped_early=stopped_early)
         if stopped_early:
             progress(stopped_early)
-        record({**summary(args, rounds, bare_rounds), **progress_state, "workdir": str(workdir)})
+        record(results())
 
     with served_dllm(args, workdir) as frontend:
         progress("served stack ready")
@@ -300,7 +303,7 @@ def measure(args: argparse.Namespace, record: Callable[[dict[str, Any]], None]) 
                     run_level(connect, args, concurrency, count=concurrency)
                     progress(f"warm-up {side} concurrency {concurrency}")
             measure_rounds(args, sides, checkpoint, seconds_left)
-    return {**summary(args, rounds, bare_rounds), **progress_state, "workdir": str(workdir)}
+    return results()
 
 
 def table(results: dict[str, Any]) -> str:
