@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
+from benchmarks.prometheus import metric_sum, parse_prometheus
 from benchmarks.report import markdown_table, write_json
 from benchmarks.stats import paired_ratios, summarize
 from diffusion_runtime.launcher.processes import Frontend
@@ -66,6 +67,7 @@ class Level:
     wall_s: float
     tokens: int
     latencies_s: list[float]
+    engine_s: float | None = None  # served: seconds the model spent in its engine call over these requests
 
     @property
     def tokens_per_s(self) -> float:
@@ -89,6 +91,27 @@ Complete = Callable[[int], int]
 """Send completion ``index`` and return its completion tokens (one client's call, served or bare)."""
 Connect = Callable[[], AbstractContextManager[Complete]]
 """Open one client (a thread's connection) for the duration of a level."""
+
+
+class Side(NamedTuple):
+    """What the rounds measure: the served stack or the bare engine."""
+
+    name: str
+    connect: Connect
+    rounds: dict[int, list[Level]]
+    engine_seconds: Callable[[], float] | None = None  # the model's cumulative seconds in its engine call
+
+
+def served_engine_seconds(metrics_url: str) -> Callable[[], float]:
+    """The served model's ``diffusion_seconds_total{phase="denoise"}`` (its engine call, from the request reaching
+    the model to its last token), read from Triton's /metrics: a level's growth over its requests, against their
+    latency, splits what the engine took from what the frontend and Triton add."""
+
+    def read() -> float:
+        text = httpx.get(metrics_url, timeout=30).text
+        return metric_sum(parse_prometheus(text), "diffusion_seconds_total", phase="denoise")
+
+    return read
 
 
 def served_completion(url: str, args: argparse.Namespace) -> Connect:
@@ -191,15 +214,15 @@ def bare_dllm(args: argparse.Namespace) -> Iterator[Connect | None]:
 
 
 @contextmanager
-def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
-    """tritonserver with the dllm model alone, and the frontend over it."""
+def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[Frontend, str]]:
+    """tritonserver with the dllm model alone, and the frontend over it (with Triton's metrics URL)."""
     parameters = model_parameters(args)
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(workdir / "hf")}
     triton = start_triton([ModelSpec("dllm", parameters)], args.gpu_list, workdir, env)
     frontend = None
     try:
         frontend = start_frontend(triton, workdir, env, load_timeout=args.load_timeout)
-        yield frontend
+        yield frontend, triton.metrics_url
     finally:
         if frontend is not None:
             frontend.stop()
@@ -208,7 +231,7 @@ def served_dllm(args: argparse.Namespace, workdir: Path) -> Iterator[Frontend]:
 
 def measure_rounds(
     args: argparse.Namespace,
-    sides: list[tuple[str, Connect, dict[int, list[Level]]]],
+    sides: list[Side],
     checkpoint: Callable[[int, str | None], None],
     seconds_left: Callable[[], float],
 ) -> None:
@@ -224,11 +247,14 @@ def measure_rounds(
         started = time.perf_counter()
         order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
         for concurrency in order:
-            for side, connect, into in sides if round_index % 2 == 0 else sides[::-1]:
-                level = run_level(connect, args, concurrency)
-                into[concurrency].append(level)
+            for side in sides if round_index % 2 == 0 else sides[::-1]:
+                engine_before = side.engine_seconds() if side.engine_seconds else None
+                level = run_level(side.connect, args, concurrency)
+                if engine_before is not None and side.engine_seconds is not None:
+                    level = replace(level, engine_s=side.engine_seconds() - engine_before)
+                side.rounds[concurrency].append(level)
                 print(
-                    f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side} concurrency {concurrency}: "
+                    f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side.name} concurrency {concurrency}: "
                     f"{level.tokens_per_s:.1f} tokens/s",
                     flush=True,
                 )
@@ -249,6 +275,10 @@ def summary(args: argparse.Namespace, rounds: dict[int, list[Level]], bare_round
         }
         for c in done
     }
+    for c in done:
+        engine = [level.engine_s / len(level.latencies_s) for level in rounds[c] if level.engine_s is not None]
+        if engine:  # what the model's engine call took per request, beside the latency the client saw
+            levels[str(c)]["engine_ms_per_request"] = summarize(engine, 1000)
     ratios = {
         str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in rounds[base]])
         for c in args.concurrency[1:]
@@ -258,6 +288,9 @@ def summary(args: argparse.Namespace, rounds: dict[int, list[Level]], bare_round
     if args.bare:
         results["bare_tokens_per_s"] = {
             str(c): summarize([level.tokens_per_s for level in bare_rounds[c]]) for c in done
+        }
+        results["bare_latency_ms"] = {
+            str(c): summarize([s for level in bare_rounds[c] for s in level.latencies_s], 1000) for c in done
         }
         results["served_over_bare"] = {
             str(c): paired_ratios([r.tokens_per_s for r in rounds[c]], [r.tokens_per_s for r in bare_rounds[c]])
@@ -291,17 +324,17 @@ def measure(args: argparse.Namespace, record: Callable[[dict[str, Any]], None]) 
             progress(stopped_early)
         record(results())
 
-    with served_dllm(args, workdir) as frontend:
+    with served_dllm(args, workdir) as (frontend, metrics_url):
         progress("served stack ready")
         with bare_dllm(args) as bare:
-            sides = [("served", served_completion(frontend.url, args), rounds)]
+            sides = [Side("served", served_completion(frontend.url, args), rounds, served_engine_seconds(metrics_url))]
             if bare is not None:
                 progress("bare engine loaded")
-                sides.append(("bare", bare, bare_rounds))
+                sides.append(Side("bare", bare, bare_rounds))
             for concurrency in args.concurrency:  # warm-up, not recorded: one wave compiles what the level runs
-                for side, connect, _ in sides:
-                    run_level(connect, args, concurrency, count=concurrency)
-                    progress(f"warm-up {side} concurrency {concurrency}")
+                for side in sides:
+                    run_level(side.connect, args, concurrency, count=concurrency)
+                    progress(f"warm-up {side.name} concurrency {concurrency}")
             measure_rounds(args, sides, checkpoint, seconds_left)
     return results()
 

@@ -75,10 +75,11 @@ class BareImage:
     def __init__(self, parameters: Mapping[str, str], device: str = "cpu") -> None:
         from diffusion_runtime.engines import EngineConfig, create_image_engine
         from diffusion_runtime.engines.base import warm_up_image
+        from diffusion_runtime.media import DEFAULT_PNG_COMPRESS_LEVEL
         from diffusion_runtime.params import ImageLimits
 
         self.limits = ImageLimits.from_parameters(parameters)
-        self.png_level = int(parameters.get("png_compress_level") or 1)
+        self.png_level = int(parameters.get("png_compress_level") or DEFAULT_PNG_COMPRESS_LEVEL)
         config = EngineConfig.from_parameters(parameters, device)
         self.device = device
         self.step_marks: list[float] = []

@@ -33,6 +33,16 @@ def test_png_is_lossless_at_every_level() -> None:
         )
 
 
+def test_default_png_is_stored_uncompressed_and_a_compress_level_shrinks_it() -> None:
+    """The default trades bytes for latency (one request waits for its encoding); the setting trades back."""
+    pixels = np.tile(gradient(), (8, 8, 1))  # 384 x 512, smooth: zlib halves it easily
+    stored = encode_image(pixels, "png")
+    assert sniff_image_format(stored) == "png"
+    assert len(stored) > pixels.size, "level 0 keeps every byte of the pixels"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), pixels)
+    assert len(encode_image(pixels, "png", png_compress_level=1)) < len(stored) / 2
+
+
 def test_float_images_are_scaled_and_clipped() -> None:
     arr = to_uint8_hwc(np.array([[[0.0, 0.5, 1.5]]], dtype=np.float32))
     assert arr.dtype == np.uint8 and arr.tolist() == [[[0, 128, 255]]]

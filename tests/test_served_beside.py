@@ -58,6 +58,11 @@ def test_the_peer_plan_measures_both_servers_on_toy_models(tmp_path: Path) -> No
     latency = peer["latency"]
     assert len(latency["ours_s"]) == len(latency["peer_s"]) == latency["pairs"] >= 3
     assert latency["ours_over_peer"] > 0
+    phases = latency["ours_by_phase_s"]  # where our time went, from the model's own counters
+    assert phases["denoise_s"] > 0 and phases["encode_s"] > 0
+    assert phases["denoise_s"] + phases["encode_s"] < min(latency["ours_s"])
+    assert all(seconds > 0 for seconds in latency["peer_inference_time_s"])
+    assert latency["file_bytes"]["ours"] == latency["file_bytes"]["peer"], "both answer the same stored PNG size"
     throughput = peer["throughput"]
     assert len(throughput["wall_s"]["ours"]) == len(throughput["wall_s"]["peer"]) == 2
     assert throughput["ours_over_peer"] == pytest.approx(
@@ -78,6 +83,9 @@ def test_the_dllm_benchmark_measures_served_against_bare_at_each_concurrency(tmp
     for level in ("1", "2"):
         assert record["bare_tokens_per_s"][level]["median"] > 0
         assert record["served_over_bare"][level]["median"] > 0
+        engine, latency = record["levels"][level]["engine_ms_per_request"], record["levels"][level]["latency_ms"]
+        assert 0 < engine["median"] <= latency["max"], "the model's engine time is part of what the client waited"
+        assert record["bare_latency_ms"][level]["n"] == latency["n"]
     assert "served/bare" in run.stdout, "the table has the served/bare column"
     assert record["rounds_done"] == 2 and record["stopped_early"] is None
     assert len(record["commit"]["sha"]) == 40, "the record says which code it measured"
@@ -106,10 +114,16 @@ def test_the_dllm_benchmark_keeps_each_finished_round_and_starts_none_past_its_d
         recorded.append((rounds_done, stopped_early, dllm_concurrency.summary(args, served, bare)))
 
     left = iter([float("inf"), 0.0])  # asked before rounds 2 and 3: time for round 2, none for round 3
-    sides = [("served", instant_client, served), ("bare", instant_client, bare)]
+    engine_clock = iter(range(100))  # the served model's engine seconds: one more at each reading
+    sides = [
+        dllm_concurrency.Side("served", instant_client, served, lambda: float(next(engine_clock))),
+        dllm_concurrency.Side("bare", instant_client, bare),
+    ]
     dllm_concurrency.measure_rounds(args, sides, checkpoint, lambda: next(left))
     assert [(done, why is None) for done, why, _ in recorded] == [(1, True), (2, True), (2, False)]
     assert recorded[-1][1].startswith("out of time")
     assert len(served[1]) == len(bare[2]) == 2, "two rounds measured, the third not started"
     first = recorded[0][2]
     assert first["levels"]["2"]["tokens_per_round"] == [32] and first["served_over_bare"]["1"]["n"] == 1
+    assert first["levels"]["2"]["engine_ms_per_request"]["median"] == 250, "1 s of engine time over 4 requests"
+    assert first["bare_latency_ms"]["2"]["n"] == 4

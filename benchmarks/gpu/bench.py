@@ -185,7 +185,6 @@ def image_parameters(settings: Settings, engine: str, model_path: Path) -> dict[
     return {
         "model_path": str(model_path),
         "served_model_name": SERVED_NAME["image"],
-        "png_compress_level": "1",
         "max_size": "2048",
         # The measured size is the model's default, so a warm-up at load (warmup parameter) compiles for it.
         "default_width": str(settings.image_size[0]),

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from benchmarks.stats import paired_ratios, ratio_of_medians, summarize
+from benchmarks.prometheus import counter_increase
+from benchmarks.stats import median, paired_ratios, ratio_of_medians, summarize
 from benchmarks.workloads import ImageJob
 
 if TYPE_CHECKING:
@@ -94,14 +95,38 @@ class PeerServer:
         stop_process(self.process)
 
 
-def post(base_url: str, body: dict[str, Any], timeout: float = 1800) -> float:
-    """Seconds from sending one image request to having its file decoded."""
+@dataclass(frozen=True)
+class Reply:
+    seconds: float  # from sending the request to having its file decoded
+    file_bytes: int
+    inference_time_s: float | None  # the server's own account, where its answer has one (``sglang serve``'s does)
+
+
+def post(base_url: str, body: dict[str, Any], timeout: float = 1800) -> Reply:
+    """One image request, timed as a client sees it."""
     start = time.perf_counter()
     response = httpx.post(base_url + "/v1/images/generations", json=body, timeout=timeout)
     if response.status_code != 200:
         raise RuntimeError(f"{base_url} answered {response.status_code}: {response.text[:500]}")
-    base64.b64decode(response.json()["data"][0]["b64_json"])
-    return time.perf_counter() - start
+    answer = response.json()
+    file = base64.b64decode(answer["data"][0]["b64_json"])
+    return Reply(time.perf_counter() - start, len(file), answer.get("inference_time_s"))
+
+
+def where_ours_went(delta: Mapping[str, float], requests: int, ours_s: list[float]) -> dict[str, float]:
+    """Our model's seconds per request by phase (``diffusion_seconds_total``: the engine call, the file encoding),
+    from the growth of its counters over ``requests`` requests, and what is left of the client's median latency:
+    the frontend, Triton and the HTTP answer."""
+    phases = {
+        phase: sum(
+            value
+            for key, value in delta.items()
+            if key.startswith("diffusion_seconds_total{") and f'phase="{phase}"' in key
+        )
+        / requests
+        for phase in ("denoise", "encode")
+    }
+    return {**{f"{phase}_s": value for phase, value in phases.items()}, "rest_s": median(ours_s) - sum(phases.values())}
 
 
 def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -> None:
@@ -132,11 +157,15 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
     def job(seed: int) -> ImageJob:
         return replace(image_job(size, steps, seed), guidance_scale=guidance)
 
+    replies: dict[str, list[Reply]] = {"ours": [], "peer": []}
+
     def ours(seed: int) -> float:
-        return post(served.frontend.url, job(seed).openai_body(served.model))
+        replies["ours"].append(post(served.frontend.url, job(seed).openai_body(served.model)))
+        return replies["ours"][-1].seconds
 
     def theirs(seed: int) -> float:  # SGLang's images API takes the same fields (and ignores ``model``)
-        return post(peer.url, job(seed).openai_body("peer"))
+        replies["peer"].append(post(peer.url, job(seed).openai_body("peer")))
+        return replies["peer"][-1].seconds
 
     triton = start_triton([ModelSpec("image_diffusion", parameters)], settings.gpus, workdir, settings.env)
     served = peer = None
@@ -152,6 +181,9 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
         pairs = fit_repetitions(settings.pairs, each, deadline.left(), reserve=throughput_cost + 30, minimum=3)
         ours_s: list[float] = []
         peer_s: list[float] = []
+        metrics_before = served.metrics()
+        replies["ours"].clear()
+        replies["peer"].clear()
         for index in range(pairs):
             first, second = ((ours, ours_s), (theirs, peer_s)) if index % 2 == 0 else ((theirs, peer_s), (ours, ours_s))
             for send, into in (first, second):
@@ -164,6 +196,9 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
             "peer": summarize(peer_s),
             "ours_over_peer": ratio_of_medians(ours_s, peer_s),
             "ours_over_peer_paired": paired_ratios(ours_s, peer_s),
+            "file_bytes": {side: [reply.file_bytes for reply in done] for side, done in replies.items()},
+            "ours_by_phase_s": where_ours_went(counter_increase(metrics_before, served.metrics()), pairs, ours_s),
+            "peer_inference_time_s": [reply.inference_time_s for reply in replies["peer"]],
         }
         results.put([*key, "latency"], latency)
         log.info(
@@ -173,6 +208,7 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
             latency["peer"]["median"],
             latency["ours_over_peer"],
         )
+        log.info("[peer] ours per request by phase: %s", latency["ours_by_phase_s"])
 
         count = max(settings.concurrency, settings.throughput_images // 2)
         walls: dict[str, list[float]] = {"ours": [], "peer": []}

@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 from diffusion_runtime.contract import IMAGE
 from diffusion_runtime.engines import EngineConfig, create_image_engine
 from diffusion_runtime.engines.base import warm_up_image
-from diffusion_runtime.media import edit_inputs, encode_image
+from diffusion_runtime.media import DEFAULT_PNG_COMPRESS_LEVEL, edit_inputs, encode_image
 from diffusion_runtime.params import ImageLimits, validate_image_params
 from diffusion_runtime.triton_io import cancellation_check
 from diffusion_runtime.triton_model import Denoised, DiffusionModel
@@ -30,7 +30,7 @@ class TritonPythonModel(DiffusionModel):
 
     def load(self, parameters: dict[str, str], device: str) -> None:
         self.limits = ImageLimits.from_parameters(parameters)
-        self.png_level = int(parameters.get("png_compress_level") or 1)
+        self.png_level = int(parameters.get("png_compress_level") or DEFAULT_PNG_COMPRESS_LEVEL)
         config = EngineConfig.from_parameters(parameters, device)
         self.engine = create_image_engine(config)
         self.warmup_s = warm_up_image(self.engine, config, self.limits)
