@@ -6,31 +6,21 @@ run one at a time, which separates what serving adds from the denoising's own ru
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from openai_frontend.triton.metrics import parse_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def parse_prometheus(text: str) -> Samples:
-    """Prometheus text exposition → ``{(name, labels): value}`` (comments and unparsable lines skipped)."""
-    samples: Samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        name, labels, value = match.groups()
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        samples[(name, frozenset(_LABEL.findall(labels or "")))] = number
-    return samples
+    """Prometheus text exposition → ``{(name, labels): value}``, read as the frontend reads Triton's (its
+    ``prometheus_client`` parsing, Triton's counter names kept); text that does not parse gives no samples."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in parse_families(text, source="the benchmark's scrape")
+        for sample in family.samples
+    }
 
 
 def metric_sum(samples: Samples, name: str, **labels: str) -> float:
