@@ -248,10 +248,11 @@ def measure_rounds(
         order = args.concurrency if round_index % 2 == 0 else args.concurrency[::-1]
         for concurrency in order:
             for side in sides if round_index % 2 == 0 else sides[::-1]:
-                engine_before = side.engine_seconds() if side.engine_seconds else None
+                engine_clock = side.engine_seconds
+                engine_before = engine_clock() if engine_clock else 0.0
                 level = run_level(side.connect, args, concurrency)
-                if engine_before is not None and side.engine_seconds is not None:
-                    level = replace(level, engine_s=side.engine_seconds() - engine_before)
+                if engine_clock:
+                    level = replace(level, engine_s=engine_clock() - engine_before)
                 side.rounds[concurrency].append(level)
                 print(
                     f"[dllm-concurrency] round {round_index + 1}/{args.rounds} {side.name} concurrency {concurrency}: "

@@ -179,15 +179,14 @@ def measure_peer(settings: Settings, results: ResultsFile, deadline: Deadline) -
         each = warmup["ours"][-1] + warmup["peer"][-1]
         throughput_cost = 2 * settings.throughput_images * max(warmup["ours"][-1], warmup["peer"][-1]) + 30
         pairs = fit_repetitions(settings.pairs, each, deadline.left(), reserve=throughput_cost + 30, minimum=3)
-        ours_s: list[float] = []
-        peer_s: list[float] = []
         metrics_before = served.metrics()
-        replies["ours"].clear()
+        replies["ours"].clear()  # from here on, the timed pairs only
         replies["peer"].clear()
         for index in range(pairs):
-            first, second = ((ours, ours_s), (theirs, peer_s)) if index % 2 == 0 else ((theirs, peer_s), (ours, ours_s))
-            for send, into in (first, second):
-                into.append(send(100 + index))
+            for send in (ours, theirs) if index % 2 == 0 else (theirs, ours):
+                send(100 + index)
+        ours_s = [reply.seconds for reply in replies["ours"]]
+        peer_s = [reply.seconds for reply in replies["peer"]]
         latency = {
             "pairs": pairs,
             "ours_s": ours_s,
