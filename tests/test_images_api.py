@@ -206,10 +206,12 @@ def test_client_disconnect_cancels_the_generation_on_the_server(diffusers_stack:
         return metric_value(text, "diffusion_requests_total", model="image_diffusion", outcome="GenerationCancelled")
 
     before = cancelled()
+    # ~6 s of denoising on a 2-core CPU, well past the client's 1.5 s: at 512² (1.56 s) the generation could end
+    # before the cancellation reached it, and the request then counted as a success.
     body = {
         "model": MODEL,
         "prompt": "long",
-        "size": "512x512",
+        "size": "1024x1024",
         "response_format": "b64_json",
         "num_inference_steps": 200,
     }
